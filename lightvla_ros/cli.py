@@ -1,0 +1,155 @@
+"""``lightvla``: the command line. ``predict``, ``make-tiny`` and ``flops`` need no ROS; ``demo``, ``instruct`` and
+``monitor`` (registered by :mod:`lightvla_ros.ros.commands`) stand in for the ROS 2 CLI where it is missing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lightvla_ros.model.errors import LightVLAError
+
+
+def _parse_proprio(text: str | None) -> np.ndarray | None:
+    if text is None:
+        return None
+    try:
+        return np.array([float(v) for v in text.split(",")], dtype=np.float64)
+    except ValueError as exc:
+        raise LightVLAError(f"--proprio must be comma-separated numbers, got {text!r}") from exc
+
+
+def _load_image(path: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("RGB", "RGBA", "L", "P", "LA"):
+                raise LightVLAError(f"{path} has image mode {image.mode}; expected an RGB-like image (RGB, RGBA, grey, palette)")
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError as exc:
+        raise LightVLAError(f"image {path} not found") from exc
+    except UnidentifiedImageError as exc:
+        raise LightVLAError(f"{path} is not an image file PIL can read") from exc
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lightvla_ros.policy import LightVLAPolicy
+
+    images = [_load_image(p) for p in args.image]
+    policy = LightVLAPolicy.from_checkpoint(
+        args.checkpoint, device=args.device, dtype=args.dtype, pruning=args.pruning, max_kept_tokens=args.max_kept_tokens,
+        unnorm_key=args.unnorm_key, center_crop=args.center_crop, readout=args.readout, num_images=len(images),
+    )
+    out = policy.predict(images, args.instruction, _parse_proprio(args.proprio))
+    if args.json:
+        print(json.dumps({**out.to_json(), "unnorm_key": policy.unnorm_key, "device": policy.device, "dtype": policy.dtype}))
+        return 0
+    np.set_printoptions(precision=4, suppress=True, linewidth=120)
+    print(f"checkpoint {policy.checkpoint_dir}  device {policy.device} ({policy.dtype})  pruning {policy.pruning}")
+    print(f"instruction: {args.instruction!r}")
+    print(f"kept visual tokens: {out.num_kept}/{out.num_patches} ({100 * out.keep_ratio:.1f}%), "
+          f"FLOPs {out.flops['total'] / 1e9:.2f} G vs {out.flops['unpruned_total'] / 1e9:.2f} G unpruned "
+          f"({100 * out.flops['saved_fraction']:.1f}% saved)")
+    print("action chunk (un-normalised, one row per step):")
+    print(out.actions)
+    print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out.timings_ms.items()))
+    return 0
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from lightvla_ros.model.tiny import make_tiny_checkpoint
+
+    out = make_tiny_checkpoint(args.out, seed=args.seed)
+    print(f"wrote a tiny random checkpoint to {out}")
+    return 0
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    from lightvla_ros.model.checkpoint import CheckpointFiles, read_config
+    from lightvla_ros.model.flops import ModelShape, count_flops, openvla_oft_7b_config
+
+    if args.checkpoint:
+        config, _ = read_config(CheckpointFiles.discover(args.checkpoint), None)
+    else:
+        config = openvla_oft_7b_config()
+    shape = ModelShape.of_config(config)
+    print(f"{'kept':>6} {'seq':>5} {'vision':>8} {'proj':>7} {'pruner':>7} {'llm':>8} {'head':>7} {'total':>8}  (TFLOPs)")
+    rows = [None, *args.kept]
+    for kept in rows:
+        f = count_flops(shape, config.num_images, kept, args.prompt_tokens, config.proprio_dim is not None, kept is not None,
+                        include_lm_head=args.lm_head)
+        print(f"{f.num_kept:>6} {f.sequence_length:>5} {f.vision / 1e12:8.3f} {f.projector / 1e12:7.3f} {f.pruner / 1e12:7.3f} "
+              f"{f.llm / 1e12:8.3f} {f.head / 1e12:7.3f} {f.total / 1e12:8.3f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightvla", description="LightVLA (token-pruned OpenVLA-OFT) for ROS 2 robots")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="predict one action chunk from image files and an instruction")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder in the OpenVLA-OFT/LightVLA release layout")
+    p.add_argument("--image", action="append", required=True, help="camera image (repeat: third-person first, then wrist)")
+    p.add_argument("--instruction", required=True)
+    p.add_argument("--proprio", help="robot state, comma-separated (required when the checkpoint has a proprio projector)")
+    p.add_argument("--unnorm-key", help="dataset statistics key (default: the only one)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto|bfloat16|float16|float32")
+    p.add_argument("--pruning", default="lightvla", choices=["lightvla", "lightvla_star", "none"])
+    p.add_argument("--max-kept-tokens", type=int, help="cap on kept visual tokens")
+    p.add_argument("--readout", default="last", choices=["last", "aligned"], help="action read-out positions (see README)")
+    p.add_argument("--center-crop", action="store_true", help="90%%-area centre crop (LIBERO-trained checkpoints)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the release layout")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_tiny)
+
+    p = sub.add_parser("flops", help="analytic FLOPs per stage (default: the released 7B architecture)")
+    p.add_argument("--checkpoint", help="a checkpoint folder instead of the 7B architecture")
+    p.add_argument("--kept", type=int, nargs="*", default=[16, 32, 64, 78, 90, 128, 256])
+    p.add_argument("--prompt-tokens", type=int, default=34, help="tokenised prompt length with BOS")
+    p.add_argument("--lm-head", action="store_true", help="count the LM head as the reference code evaluates it")
+    p.set_defaults(func=cmd_flops)
+
+    _register_optional(sub)
+    return parser
+
+
+def _register_optional(sub: argparse._SubParsersAction) -> None:
+    """Subcommands whose modules need optional dependencies (rclpy); absent ones explain how to get them."""
+    for module, names in (("lightvla_ros.ros.commands", ("demo", "instruct", "monitor")),):
+        try:
+            __import__(module, fromlist=["register"]).register(sub)
+        except ImportError as exc:
+            reason = str(exc)
+            for name in names:
+                p = sub.add_parser(name, help=f"(unavailable: {reason})")
+                p.set_defaults(func=lambda args, reason=reason: _unavailable(args, reason))
+
+
+def _unavailable(args: argparse.Namespace, reason: str) -> int:
+    print(f"lightvla {args.command}: unavailable here ({reason}). Source a ROS 2 install or `pip install .[ros]`.", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LightVLAError as exc:
+        print(f"lightvla {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The policy: instruction + camera images + robot state -> un-normalised action chunk + pruning statistics.
+
+This is the layer the ROS node and the command line talk to. It owns the checkpoint's processor, tokenizer and
+statistics, validates every observation before it reaches torch, and is safe to call from one worker thread while
+another thread changes the pruning settings.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from lightvla_ros.model.checkpoint import CheckpointFiles, load_model
+from lightvla_ros.model.configuration import READOUT_MODES, PruningConfig
+from lightvla_ros.model.errors import CheckpointError, InputError
+from lightvla_ros.model.flops import ModelShape, count_flops
+from lightvla_ros.model.modeling import LightVLAForActionPrediction, StageTimer
+from lightvla_ros.model.processing import ImageProcessor, Normalizer, PromptBuilder
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} requested but CUDA is not available here (torch {torch.__version__}); use cpu")
+        index = resolved.index or 0
+        if index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device("cuda", index)
+    if resolved.type != "cpu":
+        raise InputError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on CUDA (what the checkpoints were trained in), float32 on the CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class Observation:
+    images: Sequence[Any]
+    instruction: str
+    proprio: Any = None
+
+
+@dataclass
+class PolicyOutput:
+    actions: np.ndarray  # (chunk_len, action_dim), un-normalised; the gripper dimension passes through
+    normalized_actions: np.ndarray
+    kept_patch_indices: np.ndarray  # ascending indices into all patches; camera k owns [k*P, (k+1)*P)
+    num_kept: int
+    num_patches: int
+    patches_per_image: int
+    grid_size: int
+    keep_ratio: float
+    flops: dict[str, float]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "actions": self.actions.tolist(),
+            "normalized_actions": self.normalized_actions.tolist(),
+            "kept_patch_indices": self.kept_patch_indices.tolist(),
+            "num_kept": self.num_kept,
+            "num_patches": self.num_patches,
+            "keep_ratio": self.keep_ratio,
+            "flops": self.flops,
+            "timings_ms": self.timings_ms,
+        }
+
+
+class LightVLAPolicy:
+    """A loaded checkpoint ready to act. Build it with :meth:`from_checkpoint`."""
+
+    def __init__(self, model: LightVLAForActionPrediction, files: CheckpointFiles, normalizer: Normalizer,
+                 center_crop: bool, device: torch.device) -> None:
+        self.model = model
+        self.files = files
+        self.normalizer = normalizer
+        self.center_crop = center_crop
+        self._device = device
+        config = model.config
+        self.processor = ImageProcessor.from_file(files.preprocessor, config.vision.num_featurizers)
+        self.prompts = PromptBuilder(
+            files.tokenizer,
+            num_action_slots=config.num_action_slots,
+            stop_token_id=config.stop_token_id,
+            action_prefix_token_id=config.action_prefix_token_id,
+            max_tokens=int(config.text["max_position_embeddings"]) - 1 - config.num_patches - 1,
+        )
+        self._shape = ModelShape.of(model)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint_dir: str | Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        pruning: str = "lightvla",
+        max_kept_tokens: int | None = None,
+        unnorm_key: str | None = None,
+        center_crop: bool = False,
+        readout: str = "last",
+        num_images: int | None = None,
+    ) -> "LightVLAPolicy":
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        if readout not in READOUT_MODES:
+            raise InputError(f"readout must be one of {', '.join(READOUT_MODES)}, got {readout!r}")
+        if num_images is not None and num_images < 1:
+            raise InputError(f"num_images must be >= 1, got {num_images}")
+        model, files = load_model(checkpoint_dir, PruningConfig(pruning, max_kept_tokens), num_images, torch_dtype, torch_device)
+        model.set_readout(readout)
+        statistics = model.config.norm_stats
+        if files.statistics is not None:
+            try:
+                statistics = json.loads(files.statistics.read_text())
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{files.statistics} is not valid JSON ({exc})") from exc
+        normalizer = Normalizer.from_statistics(statistics, unnorm_key)
+        if model.config.proprio_dim is not None and normalizer.proprio_dim != model.config.proprio_dim:
+            raise CheckpointError(f"statistics {normalizer.key!r} describe a {normalizer.proprio_dim}-d state, the proprio projector takes {model.config.proprio_dim}")
+        return cls(model, files, normalizer, center_crop, torch_device)
+
+    # ------------------------------------------------------------------------------------------ properties
+    @property
+    def num_images(self) -> int:
+        return self.model.config.num_images
+
+    @property
+    def use_proprio(self) -> bool:
+        return self.model.proprio_projector is not None
+
+    @property
+    def proprio_dim(self) -> int | None:
+        return self.model.config.proprio_dim
+
+    @property
+    def chunk_len(self) -> int:
+        return self.model.config.chunk_len
+
+    @property
+    def action_dim(self) -> int:
+        return self.model.config.action_dim
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    @property
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else "cpu"
+
+    @property
+    def dtype(self) -> str:
+        return str(self.model.dtype).removeprefix("torch.")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return str(self.files.root)
+
+    @property
+    def pruning(self) -> str:
+        return self.model.pruning.method
+
+    @property
+    def max_kept_tokens(self) -> int | None:
+        return self.model.pruning.max_kept_tokens
+
+    @property
+    def unnorm_key(self) -> str:
+        return self.normalizer.key
+
+    def set_pruning(self, method: str, max_kept_tokens: int | None) -> None:
+        """Change pruning between two predictions (validated; raises InputError and changes nothing if invalid)."""
+        config = PruningConfig(method, max_kept_tokens, noise=self.model.pruning.noise)
+        with self._lock:
+            self.model.set_pruning(config)
+
+    # ------------------------------------------------------------------------------------------ inference
+    def predict(self, images: Sequence[Any], instruction: str, proprio: Any = None) -> PolicyOutput:
+        """One observation -> one action chunk (see :class:`PolicyOutput`)."""
+        return self.predict_batch([Observation(images, instruction, proprio)])[0]
+
+    def predict_batch(self, observations: Sequence[Observation]) -> list[PolicyOutput]:
+        """Several observations in one forward pass; each result equals that observation predicted alone."""
+        if not observations:
+            raise InputError("no observations given")
+        start = time.perf_counter()
+        pixels, ids, lengths, proprio = self._prepare(observations)
+        preprocess_ms = (time.perf_counter() - start) * 1e3
+        timer = StageTimer(self._device)
+        with self._lock, torch.inference_mode():
+            out = self.model(pixels, ids, lengths, proprio, num_images=self.num_images, timer=timer)
+            normalized = out.normalized_actions.float().cpu().numpy()
+        timings = {"preprocess": preprocess_ms, **timer.ms, "total": (time.perf_counter() - start) * 1e3}
+        if not np.all(np.isfinite(normalized)):
+            raise FloatingPointError("the model produced non-finite actions (NaN/inf); the chunk was discarded")
+        results = []
+        for b in range(len(observations)):
+            kept = out.kept_patch_indices[b].cpu().numpy().astype(np.int64)
+            flops = self._flops(len(kept), int(lengths[b]))
+            results.append(PolicyOutput(
+                actions=self.normalizer.unnormalize_actions(normalized[b]).astype(np.float32),
+                normalized_actions=normalized[b].astype(np.float32),
+                kept_patch_indices=kept,
+                num_kept=len(kept),
+                num_patches=out.num_patches,
+                patches_per_image=self.model.vision_backbone.patches_per_image,
+                grid_size=int(round(self.model.vision_backbone.patches_per_image ** 0.5)),
+                keep_ratio=len(kept) / out.num_patches,
+                flops=flops,
+                timings_ms=timings,
+            ))
+        return results
+
+    def warmup(self, iterations: int = 2) -> None:
+        """Run dummy predictions so the first real one is not slowed by lazy initialisation."""
+        size = self.processor.size
+        images = [np.full((size, size, 3), 127, np.uint8) for _ in range(self.num_images)]
+        proprio = 0.5 * (self.normalizer.proprio_low + self.normalizer.proprio_high) if self.use_proprio else None
+        for _ in range(iterations):
+            self.predict(images, "warm up", proprio)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _prepare(self, observations: Sequence[Observation]):
+        pixels, rows, states = [], [], []
+        for obs in observations:
+            if len(obs.images) != self.num_images:
+                raise InputError(f"got {len(obs.images)} image(s); this policy expects {self.num_images} (third-person first, then wrist)")
+            pixels.append(self.processor(obs.images, crop=self.center_crop))
+            rows.append(self.prompts(obs.instruction))
+            if self.use_proprio:
+                if obs.proprio is None:
+                    raise InputError(f"this checkpoint needs the robot state ({self.proprio_dim} values) as proprio input")
+                states.append(self.normalizer.normalize_proprio(obs.proprio))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.model.config.pad_token_id, dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids[b, : len(row)] = torch.tensor(row)
+        lengths = torch.tensor([len(r) for r in rows])
+        proprio = torch.from_numpy(np.stack(states)).to(self._device) if states else None
+        return torch.stack(pixels).to(self._device), ids.to(self._device), lengths.to(self._device), proprio
+
+    def _flops(self, num_kept: int, text_tokens: int) -> dict[str, float]:
+        prompt_tokens = text_tokens - self.model.config.num_action_slots - 2  # without 29871/slots/stop
+        pruned = self.model.pruning.method != "none"
+        now = count_flops(self._shape, self.num_images, num_kept, prompt_tokens, self.use_proprio, pruned)
+        full = count_flops(self._shape, self.num_images, None, prompt_tokens, self.use_proprio, False)
+        return {"total": now.total, "unpruned_total": full.total, "saved_fraction": 1.0 - now.total / full.total}

@@ -1,0 +1,68 @@
+"""lightvla_ros: an ament_python ROS 2 package, also installable with pip into a plain virtual environment."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "lightvla_ros"
+
+# The single place dependencies are declared. torch/torchvision are pinned to the builds this project is tested
+# with; on a Jetson install NVIDIA's JetPack wheels first (pip then keeps them if the versions match).
+RUNTIME = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "transformers>=5.0,<6",
+    "timm>=1.0,<1.1",
+    "safetensors>=0.4",
+    "tokenizers>=0.20",
+    "numpy>=2",
+    "opencv-python-headless>=4.9",
+    "pillow>=10",
+    "pyyaml>=6",
+]
+EXTRAS = {
+    # ROS 2 Kilted wheels from PyPI, for machines with no ROS 2 sourced (with a sourced ROS 2 use its rclpy instead)
+    "ros": [
+        "ros-rclpy",
+        "ros-sensor-msgs",
+        "ros-std-msgs",
+        "ros-std-srvs",
+        "ros-diagnostic-msgs",
+        "ros-geometry-msgs",
+        "ros-trajectory-msgs",
+        "ros-nav-msgs",
+        "ros-rmw-fastrtps-cpp",
+        "rosbags>=0.10",
+        "rosbags-image>=0.9",
+    ],
+    "train": ["peft>=0.13", "rosbags>=0.10", "pyarrow>=15", "matplotlib>=3.8"],
+    "dev": ["pytest>=8", "matplotlib>=3.8", "peft>=0.13", "rosbags>=0.10", "rosbags-image>=0.9", "pyarrow>=15"],
+}
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*")),
+    ],
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+    python_requires=">=3.10",
+    zip_safe=True,
+    maintainer="lightvla_ros developers",
+    maintainer_email="lightvla-ros@example.com",
+    description="LightVLA: token-pruned OpenVLA-OFT vision-language-action policy as a ROS 2 node",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "lightvla = lightvla_ros.cli:main",
+            "lightvla_node = lightvla_ros.ros.node:main",
+            "lightvla_demo_camera = lightvla_ros.ros.demo_camera:main",
+        ],
+    },
+)
