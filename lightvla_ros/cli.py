@@ -1,5 +1,10 @@
-"""``lightvla``: the command line. ``predict``, ``make-tiny`` and ``flops`` need no ROS; ``demo``, ``instruct`` and
-``monitor`` (registered by :mod:`lightvla_ros.ros.commands`) stand in for the ROS 2 CLI where it is missing."""
+"""``lightvla``: the command line.
+
+``predict``, ``make-tiny`` and ``flops`` need no ROS. ``demo``, ``instruct`` and ``monitor`` (from
+:mod:`lightvla_ros.ros.commands`) stand in for the ROS 2 CLI where it is missing; ``bench`` and ``train`` come from
+:mod:`lightvla_ros.bench.commands` and :mod:`lightvla_ros.training.commands`. Each such module exposes
+``register(subparsers)``.
+"""
 
 from __future__ import annotations
 
@@ -64,7 +69,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_make_tiny(args: argparse.Namespace) -> int:
     from lightvla_ros.model.tiny import make_tiny_checkpoint
 
-    out = make_tiny_checkpoint(args.out, seed=args.seed)
+    out = make_tiny_checkpoint(args.out, seed=args.seed, num_images=args.cameras, use_proprio=not args.no_proprio,
+                               hidden=args.hidden, layers=args.layers)
     print(f"wrote a tiny random checkpoint to {out}")
     return 0
 
@@ -110,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the release layout")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cameras", type=int, default=2, help="number of camera images the checkpoint expects")
+    p.add_argument("--no-proprio", action="store_true", help="no robot-state input (no proprio projector)")
+    p.add_argument("--hidden", type=int, default=64, help="LLM width")
+    p.add_argument("--layers", type=int, default=2, help="LLM layers")
     p.set_defaults(func=cmd_make_tiny)
 
     p = sub.add_parser("flops", help="analytic FLOPs per stage (default: the released 7B architecture)")
@@ -125,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands whose modules need optional dependencies (rclpy); absent ones explain how to get them."""
-    for module, names in (("lightvla_ros.ros.commands", ("demo", "instruct", "monitor")),):
+    optional = (
+        ("lightvla_ros.ros.commands", ("demo", "instruct", "monitor")),
+        ("lightvla_ros.bench.commands", ("bench",)),
+        ("lightvla_ros.training.commands", ("train",)),
+    )
+    for module, names in optional:
         try:
             __import__(module, fromlist=["register"]).register(sub)
         except ImportError as exc:

@@ -56,7 +56,8 @@ def selection_noise(scores: torch.Tensor, scale: float, kind: str, generator: to
         raise ValueError(f"unknown noise kind {kind!r}")
     u = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=torch.float32)
     if kind == "gumbel":
-        u = -torch.log(-torch.log(u.clamp_min(1e-10)).clamp_min(1e-10))
+        exponential = (-torch.log(u.clamp_min(1e-10))).clamp_min(1e-10)
+        u = -torch.log(exponential)
     return (u * scale).to(scores.dtype)
 
 

@@ -51,25 +51,29 @@ def make_tokenizer(path: Path, vocab_size: int = TINY_VOCAB) -> int:
     return tokenizer.get_vocab_size()
 
 
-def tiny_statistics(seed: int) -> dict:
+def tiny_statistics(seed: int, use_proprio: bool = True) -> dict:
     rng = np.random.default_rng(seed)
     low = -rng.uniform(0.5, 1.0, 7)
     high = rng.uniform(0.5, 1.0, 7)
     plow = -rng.uniform(1.0, 2.0, 8)
     phigh = rng.uniform(1.0, 2.0, 8)
-    return {
+    stats = {
         TINY_LIBERO_KEY: {
             "action": {"q01": low.tolist(), "q99": high.tolist(), "min": (low - 0.1).tolist(), "max": (high + 0.1).tolist(),
                        "mean": ((low + high) / 2).tolist(), "std": ((high - low) / 4).tolist(), "mask": [True] * 6 + [False]},
-            "proprio": {"q01": plow.tolist(), "q99": phigh.tolist(), "min": (plow - 0.1).tolist(), "max": (phigh + 0.1).tolist(),
-                        "mean": ((plow + phigh) / 2).tolist(), "std": ((phigh - plow) / 4).tolist()},
             "num_transitions": 0,
             "num_trajectories": 0,
         }
     }
+    if use_proprio:
+        stats[TINY_LIBERO_KEY]["proprio"] = {
+            "q01": plow.tolist(), "q99": phigh.tolist(), "min": (plow - 0.1).tolist(), "max": (phigh + 0.1).tolist(),
+            "mean": ((plow + phigh) / 2).tolist(), "std": ((phigh - plow) / 4).tolist()}
+    return stats
 
 
-def tiny_config(vocab_size: int, prefix_token_id: int, hidden: int = 64, layers: int = 2) -> VLAConfig:
+def tiny_config(vocab_size: int, prefix_token_id: int, hidden: int = 64, layers: int = 2, num_images: int = 2,
+                proprio_dim: int | None = 8) -> VLAConfig:
     padded_vocab = -(-vocab_size // 64) * 64
     return VLAConfig.from_dict({
         "model_type": "openvla",
@@ -83,12 +87,13 @@ def tiny_config(vocab_size: int, prefix_token_id: int, hidden: int = 64, layers:
         "text_config": {"model_type": "llama", "vocab_size": padded_vocab, "hidden_size": hidden, "intermediate_size": 4 * hidden,
                         "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 4,
                         "rms_norm_eps": 1e-5, "pad_token_id": 3, "bos_token_id": 1, "eos_token_id": 2},
-        "lightvla": {"num_images": 2, "proprio_dim": 8, "action_dim": 7, "chunk_len": 8, "stop_token_id": 2,
+        "lightvla": {"num_images": num_images, "proprio_dim": proprio_dim, "action_dim": 7, "chunk_len": 8, "stop_token_id": 2,
                      "action_prefix_token_id": prefix_token_id},
     })
 
 
-def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, pruning: PruningConfig | None = None) -> Path:
+def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, pruning: PruningConfig | None = None, num_images: int = 2,
+                         use_proprio: bool = True, hidden: int = 64, layers: int = 2) -> Path:
     """Write a random tiny checkpoint to ``out_dir`` (created if needed) and return the folder."""
     from tokenizers import Tokenizer
 
@@ -96,13 +101,13 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, pruning: PruningCon
     out.mkdir(parents=True, exist_ok=True)
     vocab = make_tokenizer(out / "tokenizer.json")
     prefix = Tokenizer.from_file(str(out / "tokenizer.json")).token_to_id("\u2581")
-    config = tiny_config(vocab, prefix)
-    config.norm_stats = tiny_statistics(seed)
+    config = tiny_config(vocab, prefix, hidden, layers, num_images, 8 if use_proprio else None)
+    config.norm_stats = tiny_statistics(seed, use_proprio)
     torch.manual_seed(seed)
     model = build_model(config, pruning or PruningConfig())
     (out / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "PrismaticImageProcessor", "image_resize_strategy": "resize-naive",
-        "input_sizes": [[3, 224, 224], [3, 224, 224]], "interpolations": ["bicubic", "bicubic"],
+        "input_sizes": [[3, 224, 224], [3, 224, 224]], "interpolations": ["bicubic", "bicubic"],  # per featurizer
         "means": [[0.485, 0.456, 0.406], [0.5, 0.5, 0.5]], "stds": [[0.229, 0.224, 0.225], [0.5, 0.5, 0.5]],
         "use_fused_vision_backbone": True}, indent=2))
     (out / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
