@@ -120,3 +120,15 @@ def test_budget_caps_kept_set_to_most_voted_patches(policy, oft_tiny, golden):
     assert list(out.kept_patch_indices) == sorted(out.kept_patch_indices)
     threshold = np.sort(votes)[::-1][9]
     assert all(votes[i] >= threshold for i in out.kept_patch_indices)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_paths_run_on_cpu_and_stay_close(oft_tiny, golden, dtype):
+    """The GPU/Jetson dtypes run on the CPU too: nearly the same kept set, actions within half-precision noise
+    (random tiny weights amplify rounding, hence the loose bound)."""
+    case = golden["cases"][0]
+    half = LightVLAPolicy.from_checkpoint(oft_tiny, device="cpu", dtype=dtype)
+    out = half.predict(*case_inputs(oft_tiny, case))
+    assert half.dtype == dtype and np.all(np.isfinite(out.actions))
+    assert len(set(out.kept_patch_indices) ^ set(case["kept_patch_indices"])) <= 4
+    assert np.abs(out.normalized_actions - np.array(case["normalized_actions"])).mean() < 0.1
