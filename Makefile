@@ -35,9 +35,10 @@ tiny: $(TINY)/config.json
 test: $(STAMP)
 	$(PY) -m pytest -q test
 
+# The main job on a plain machine: the ROS 2 node with a synthetic demo camera and an instruction, for a bounded time,
+# printing each chunk and the pruning statistics and saving a debug image of the kept tokens.
 demo: $(TINY)/config.json
-	$(VENV)/bin/lightvla predict --checkpoint $(TINY) --image test/data/scene_third_person.png --image test/data/scene_wrist.png \
-		--instruction "pick up the red cube" --proprio 0,0,0,0,0,0,0,0 --device auto
+	$(VENV)/bin/lightvla demo --checkpoint $(TINY) --duration 15 --cpu-threads 1 --debug-png build/lightvla_debug.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info

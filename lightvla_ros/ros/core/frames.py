@@ -1,0 +1,132 @@
+"""Latest-frame store and multi-camera matching.
+
+Subscription callbacks only put the newest message here (overwriting an unused one counts as a
+drop); the inference worker takes a matched set whose stamps agree within a tolerance and are not
+too old. A frame is used at most once, and stale frames are never used.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Frame:
+    """One received, still-undecoded camera message."""
+
+    msg: Any
+    stamp: float
+    received: float
+    stamped: bool
+
+
+@dataclass
+class CameraCounters:
+    """Per-camera statistics for diagnostics."""
+
+    received: int = 0
+    used: int = 0
+    dropped: int = 0
+    stale: int = 0
+    decode_errors: int = 0
+    unstamped: int = 0
+    last_error: str = ''
+    last_error_at: float | None = None
+    last_received: float | None = None
+    last_stamp: float | None = None
+    arrivals: deque = field(default_factory=lambda: deque(maxlen=50))
+
+    def rate(self, now: float) -> float:
+        """Arrival rate (Hz) over the recent window; it decays towards 0 when the camera stops."""
+        if len(self.arrivals) < 2:
+            return 0.0
+        span = now - self.arrivals[0]
+        return (len(self.arrivals) - 1) / span if span > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class FrameSet:
+    """Frames from every camera that belong together; ``obs_stamp`` is the oldest stamp."""
+
+    frames: tuple[Frame, ...]
+    obs_stamp: float
+    spread: float
+
+
+class FrameStore:
+    """Thread-safe latest-message slots, one per camera."""
+
+    def __init__(self, num_cameras: int) -> None:
+        self._lock = threading.Lock()
+        self._latest: list[Frame | None] = [None] * num_cameras
+        self.counters = [CameraCounters() for _ in range(num_cameras)]
+        # While idle nobody consumes frames, so overwriting one is not a drop.
+        self.active = True
+        # Why the last attempt to match cameras failed, until a matched set is taken.
+        self.sync_problem = ''
+        self.sync_failures = 0
+
+    @property
+    def num_cameras(self) -> int:
+        """Number of camera slots."""
+        return len(self._latest)
+
+    def put(self, index: int, msg: Any, stamp: float, received: float) -> None:
+        """Store a message; a zero stamp means 'unstamped' and falls back to the arrival time."""
+        stamped = stamp > 0.0
+        frame = Frame(msg, stamp if stamped else received, received, stamped)
+        with self._lock:
+            counters = self.counters[index]
+            if self._latest[index] is not None and self.active:
+                counters.dropped += 1
+            self._latest[index] = frame
+            counters.received += 1
+            counters.unstamped += 0 if stamped else 1
+            counters.last_received = received
+            counters.last_stamp = frame.stamp
+            counters.arrivals.append(received)
+
+    def take(self, now: float, tolerance: float, max_age: float) -> FrameSet | str:
+        """Take a matched frame set, or return a sentence saying why there is none yet.
+
+        Frames older than ``max_age`` are discarded (counted as stale). When the stamps disagree by
+        more than ``tolerance`` the older frames are kept waiting for their partners to catch up.
+        """
+        with self._lock:
+            waiting = []
+            for i, frame in enumerate(self._latest):
+                if frame is not None and now - frame.stamp > max_age:
+                    self.counters[i].stale += 1
+                    self._latest[i] = None
+                    frame = None
+                if frame is None:
+                    waiting.append(i)
+            if waiting:
+                return 'waiting for a fresh frame from camera(s) ' + ', '.join(map(str, waiting))
+            frames = tuple(f for f in self._latest if f is not None)
+            stamps = [f.stamp for f in frames]
+            spread = max(stamps) - min(stamps)
+            if spread > tolerance:
+                oldest = stamps.index(min(stamps))
+                self._latest[oldest] = None
+                self.counters[oldest].dropped += 1
+                self.sync_failures += 1
+                self.sync_problem = (f'camera stamps differ by {spread * 1000:.0f} ms '
+                                     f'(sync_tolerance {tolerance * 1000:.0f} ms)')
+                return self.sync_problem
+            for i in range(len(self._latest)):
+                self._latest[i] = None
+                self.counters[i].used += 1
+            self.sync_problem = ''
+            return FrameSet(frames, min(stamps), spread)
+
+    def record_error(self, index: int, reason: str, now: float) -> None:
+        """Remember why a frame of camera ``index`` was rejected."""
+        with self._lock:
+            counters = self.counters[index]
+            counters.decode_errors += 1
+            counters.last_error = reason
+            counters.last_error_at = now

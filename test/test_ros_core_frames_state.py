@@ -1,0 +1,92 @@
+"""Latest-frame store, multi-camera matching, and state conversion."""
+
+import numpy as np
+import pytest
+
+from lightvla_ros.ros.core.frames import FrameSet, FrameStore
+from lightvla_ros.ros.core.state import (StateError, StateStore, check_state, state_from_array,
+                                         state_from_joint_state)
+
+
+def test_matched_set_uses_each_frame_once():
+    store = FrameStore(2)
+    store.put(0, 'a0', 10.00, 10.01)
+    assert 'camera(s) 1' in store.take(10.02, 0.1, 1.0)
+    store.put(1, 'b0', 10.03, 10.04)
+    taken = store.take(10.05, 0.1, 1.0)
+    assert isinstance(taken, FrameSet)
+    assert [f.msg for f in taken.frames] == ['a0', 'b0']
+    assert taken.obs_stamp == 10.00 and taken.spread == pytest.approx(0.03)
+    assert isinstance(store.take(10.06, 0.1, 1.0), str)  # nothing fresh left
+    assert [c.used for c in store.counters] == [1, 1]
+
+
+def test_overwrites_count_as_drops_only_while_active():
+    store = FrameStore(1)
+    store.put(0, 'x', 1.0, 1.0)
+    store.put(0, 'y', 1.1, 1.1)
+    assert store.counters[0].dropped == 1
+    store.active = False
+    store.put(0, 'z', 1.2, 1.2)
+    assert store.counters[0].dropped == 1
+    assert store.take(1.25, 0.1, 1.0).frames[0].msg == 'z'
+
+
+def test_stale_frames_are_never_used():
+    store = FrameStore(1)
+    store.put(0, 'old', 5.0, 5.0)
+    assert isinstance(store.take(7.0, 0.1, 1.0), str)
+    assert store.counters[0].stale == 1
+    assert isinstance(store.take(7.0, 0.1, 1.0), str)
+
+
+def test_stamp_mismatch_drops_the_older_frame():
+    store = FrameStore(2)
+    store.put(0, 'a', 10.0, 10.0)
+    store.put(1, 'b', 10.5, 10.5)
+    reason = store.take(10.6, 0.1, 1.0)
+    assert 'differ by 500 ms' in reason
+    store.put(0, 'a2', 10.52, 10.52)
+    assert [f.msg for f in store.take(10.6, 0.1, 1.0).frames] == ['a2', 'b']
+
+
+def test_unstamped_frames_use_arrival_time():
+    store = FrameStore(1)
+    store.put(0, 'x', 0.0, 42.0)
+    frame = store.take(42.1, 0.1, 1.0).frames[0]
+    assert frame.stamp == 42.0 and not frame.stamped and store.counters[0].unstamped == 1
+
+
+def test_rate_decays_when_silent():
+    store = FrameStore(1)
+    for i in range(11):
+        store.put(0, i, i * 0.1, i * 0.1)
+    assert store.counters[0].rate(1.0) == pytest.approx(10.0)
+    assert store.counters[0].rate(10.0) < 1.2
+
+
+def test_state_conversions():
+    vec = state_from_joint_state(['a', 'b', 'c'], [1.0, 2.0, 3.0], ['c', 'a'])
+    np.testing.assert_array_equal(vec, [3.0, 1.0])
+    np.testing.assert_array_equal(state_from_joint_state(['a'], [1.0], []), [1.0])
+    with pytest.raises(StateError, match='lacks'):
+        state_from_joint_state(['a'], [1.0], ['z'])
+    with pytest.raises(StateError, match='names'):
+        state_from_joint_state(['a', 'b'], [1.0], [])
+    np.testing.assert_array_equal(state_from_array([1, 2, 3], [2, 0]), [3.0, 1.0])
+    with pytest.raises(StateError, match='out of range'):
+        state_from_array([1, 2], [5])
+    with pytest.raises(StateError, match='NaN'):
+        check_state(np.array([1.0, np.nan]), 2)
+    with pytest.raises(StateError, match='expects 3'):
+        check_state(np.zeros(2), 3)
+
+
+def test_state_store_rejects_and_clears():
+    store = StateStore()
+    store.put(np.ones(2), 1.0, 2)
+    assert store.latest().stamp == 1.0
+    with pytest.raises(StateError):
+        store.put(np.array([np.inf, 0.0]), 2.0, 2)
+    store.record_error('state contains NaN or infinite values', 2.0)
+    assert store.latest() is None and store.rejected == 1 and store.received == 2
