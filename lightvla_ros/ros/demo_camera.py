@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -24,6 +22,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray
 
 from lightvla_ros.ros.core.images import encode_rgb_fields
+from lightvla_ros.ros.entry import spin_node
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
@@ -186,17 +185,7 @@ class DemoCamera(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lightvla_demo_camera``."""
-    rclpy.init(args=args)
-    node = DemoCamera()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(DemoCamera, args)
 
 
 if __name__ == '__main__':

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Path
@@ -45,7 +44,6 @@ from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
                               ParameterUninitializedException)
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -70,6 +68,7 @@ from lightvla_ros.ros.core.status import (CameraReport, InstructionReport, Model
                                           inference_status, inputs_status, instruction_status,
                                           model_status, pruning_status)
 from lightvla_ros.ros.diagnostics import Diagnostics
+from lightvla_ros.ros.entry import spin_node
 
 NODE_NAME = 'lightvla_node'
 
@@ -854,17 +853,7 @@ class LightVLANode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lightvla_node``."""
-    rclpy.init(args=args)
-    node = LightVLANode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(LightVLANode, args)
 
 
 if __name__ == '__main__':
