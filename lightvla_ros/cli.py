@@ -93,7 +93,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; ``command`` (the first argument) limits which optional modules get imported."""
     parser = argparse.ArgumentParser(prog="lightvla", description="LightVLA (token-pruned OpenVLA-OFT) for ROS 2 robots")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -128,23 +129,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-head", action="store_true", help="count the LM head as the reference code evaluates it")
     p.set_defaults(func=cmd_flops)
 
-    _register_optional(sub)
+    _register_optional(sub, command)
     return parser
 
 
-def _register_optional(sub: argparse._SubParsersAction) -> None:
-    """Subcommands whose modules need optional dependencies (rclpy); absent ones explain how to get them."""
-    optional = (
-        ("lightvla_ros.ros.commands", ("demo", "instruct", "monitor")),
-        ("lightvla_ros.bench.commands", ("bench",)),
-        ("lightvla_ros.training.commands", ("train",)),
-    )
-    for module, names in optional:
+# subcommand -> module providing it; such modules may import heavy dependencies, so only the one needed is imported
+OPTIONAL_COMMANDS = {
+    "demo": "lightvla_ros.ros.commands",
+    "instruct": "lightvla_ros.ros.commands",
+    "monitor": "lightvla_ros.ros.commands",
+    "bench": "lightvla_ros.bench.commands",
+    "train": "lightvla_ros.training.commands",
+    "study": "lightvla_ros.training.commands",
+}
+
+
+def _register_optional(sub: argparse._SubParsersAction, command: str | None) -> None:
+    """Register the optional subcommands (all of them for help, else only the requested one's module).
+
+    A module whose dependencies are missing (rclpy without ROS) gets placeholder subcommands that explain it.
+    """
+    if command in OPTIONAL_COMMANDS:
+        modules = [OPTIONAL_COMMANDS[command]]
+    elif command in sub.choices:
+        modules = []
+    else:
+        modules = list(dict.fromkeys(OPTIONAL_COMMANDS.values()))
+    for module in modules:
         try:
             __import__(module, fromlist=["register"]).register(sub)
         except ImportError as exc:
             reason = str(exc)
-            for name in names:
+            for name in (n for n, m in OPTIONAL_COMMANDS.items() if m == module and n not in sub.choices):
                 p = sub.add_parser(name, help=f"(unavailable: {reason})")
                 p.set_defaults(func=lambda args, reason=reason: _unavailable(args, reason))
 
@@ -155,7 +171,8 @@ def _unavailable(args: argparse.Namespace, reason: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except LightVLAError as exc:

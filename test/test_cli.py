@@ -91,3 +91,10 @@ def test_flops_command_prints_a_table(capsys):
     assert main(["flops", "--kept", "78"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[1].split()[0] == "512" and lines[2].split()[0] == "78"
+
+
+def test_ros_tools_start_without_importing_torch():
+    """`lightvla instruct` / `monitor` stand in for the ROS 2 CLI and must start fast."""
+    code = "import sys; from lightvla_ros.cli import build_parser; build_parser('instruct'); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
