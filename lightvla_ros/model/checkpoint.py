@@ -233,18 +233,23 @@ def save_checkpoint(
     step: int,
     statistics: dict | None = None,
     source: CheckpointFiles | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    weights_dtype: torch.dtype = torch.bfloat16,
 ) -> Path:
     """Write ``model`` in the release layout (bf16 weights like the releases, fp32 heads), loadable by ``load_model``.
 
     Tokenizer and processor files are copied from ``source``; so is its LM head, which we never train or use.
+    ``state_dict`` replaces ``model.state_dict()`` for the core weights (the trainer passes LoRA-merged weights);
+    ``weights_dtype`` float32 keeps small fine-tuned models exact.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    core = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in ("vision_backbone", "projector", "llm")}
-    tensors = {k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in model_to_release_keys(core).items()}
+    state = model.state_dict() if state_dict is None else state_dict
+    core = {k: v for k, v in state.items() if k.split(".")[0] in ("vision_backbone", "projector", "llm")}
+    tensors = {k: v.detach().to("cpu", weights_dtype).contiguous() for k, v in model_to_release_keys(core).items()}
     lm_head = _read_tensor(source.weights, LM_HEAD_KEY) if source is not None else None
     # the reference loader expects an LM head; without a source one, the input embeddings stand in (tied weights)
-    tensors[LM_HEAD_KEY] = (lm_head if lm_head is not None else tensors["language_model.model.embed_tokens.weight"]).to(torch.bfloat16).clone()
+    tensors[LM_HEAD_KEY] = (lm_head if lm_head is not None else tensors["language_model.model.embed_tokens.weight"]).to(weights_dtype).clone()
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     _save_pt(model.action_head, out / f"action_head--{step}_checkpoint.pt")
     if model.proprio_projector is not None:

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -106,6 +106,7 @@ class LightVLAForActionPrediction(nn.Module):
         self.config = config
         self.pruning = pruning or PruningConfig()
         self.readout = "last"
+        self.kept_token_buckets: tuple[int, ...] = ()
         self.vision_backbone = FusedVisionBackbone(config.vision)
         self.projector = FusedGeluProjector(self.vision_backbone.embed_dim, config.llm_dim)
         self.llm = LlamaModel(llama_config(config))
@@ -140,6 +141,21 @@ class LightVLAForActionPrediction(nn.Module):
                 raise InputError("this checkpoint has no LightVLA* queries; use pruning 'lightvla' or 'none'")
             pruning = dataclasses.replace(self.star_layout, max_kept_tokens=pruning.max_kept_tokens, noise=pruning.noise)
         self.pruning = pruning
+
+    def add_star_pruner(self, pruning: PruningConfig) -> None:
+        """Switch to LightVLA* with freshly initialised queries, to fine-tune a checkpoint that has none."""
+        if pruning.method != "lightvla_star":
+            raise InputError(f"add_star_pruner needs pruning method 'lightvla_star', got {pruning.method!r}")
+        self.pruning = pruning
+        self.star_layout = pruning
+        self.star_pruner = self._make_star_pruner().to(self.device)
+
+    def set_kept_token_buckets(self, buckets: Sequence[int]) -> None:
+        """Pad the pruned visual tokens up to the next bucket size with masked slots (results unchanged), so the
+        LLM sees a few fixed sequence lengths, as compiled kernels and CUDA graphs need. Empty: no padding."""
+        if any(int(b) < 1 for b in buckets):
+            raise InputError(f"kept-token buckets must be positive, got {list(buckets)}")
+        self.kept_token_buckets = tuple(sorted({int(b) for b in buckets}))
 
     def set_readout(self, readout: str) -> None:
         if readout not in READOUT_MODES:
@@ -198,6 +214,9 @@ class LightVLAForActionPrediction(nn.Module):
             elif star is not None and self.pruning.star_position == "llm" and self.pruning.star_llm_layer == 0:
                 selection = self._select(star, visual, task, task_mask, straight_through, noise_scale, generator)
                 visual = selection.apply(visual)
+            if selection is not None and selection.straight_through is None and self.kept_token_buckets:
+                width = visual.features.shape[1]
+                visual = visual.padded(next((b for b in self.kept_token_buckets if b >= width), width))
         if star is not None and self.pruning.star_position == "vision":
             selection = self._vision_selection
 

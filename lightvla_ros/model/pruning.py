@@ -104,6 +104,19 @@ class VisualTokens:
         index = torch.arange(offset, offset + count, device=features.device).expand(batch, count)
         return cls(features, index, torch.ones(batch, count, dtype=torch.bool, device=features.device))
 
+    def padded(self, width: int) -> "VisualTokens":
+        """The same tokens followed by masked zero slots up to ``width`` (no-op when already that wide)."""
+        extra = width - self.features.shape[1]
+        if extra <= 0:
+            return self
+        batch = self.features.shape[0]
+        zeros = self.features.new_zeros(batch, extra, self.features.shape[-1])
+        return VisualTokens(
+            torch.cat([self.features, zeros], dim=1),
+            torch.cat([self.patch_index, self.patch_index.new_zeros(batch, extra)], dim=1),
+            torch.cat([self.valid, self.valid.new_zeros(batch, extra)], dim=1),
+        )
+
 
 @dataclass
 class Selection:
