@@ -367,17 +367,11 @@ def _concat_selections(selections: list[Selection], patches_per_image: int) -> S
 
 
 def _pad_visual(samples: list[VisualTokens]) -> VisualTokens:
+    """Samples pruned one by one, as one padded batch."""
     width = max(s.features.shape[1] for s in samples)
-
-    def pad(t: torch.Tensor, value) -> torch.Tensor:
-        extra = width - t.shape[1]
-        if extra == 0:
-            return t
-        filler = torch.full((t.shape[0], extra, *t.shape[2:]), value, dtype=t.dtype, device=t.device)
-        return torch.cat([t, filler], dim=1)
-
+    padded = [s.padded(width) for s in samples]
     return VisualTokens(
-        torch.cat([pad(s.features, 0) for s in samples]),
-        torch.cat([pad(s.patch_index, 0) for s in samples]),
-        torch.cat([pad(s.valid, False) for s in samples]),
+        torch.cat([p.features for p in padded]),
+        torch.cat([p.patch_index for p in padded]),
+        torch.cat([p.valid for p in padded]),
     )
