@@ -10,7 +10,7 @@ EXTRAS := $(if $(ROS_DISTRO),dev,ros,dev)
 VENV_FLAGS := $(if $(ROS_DISTRO),--system-site-packages,)
 STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-12)-$(if $(ROS_DISTRO),$(ROS_DISTRO),pypi)
 TINY := build/tiny-checkpoint
-PIP_QUIET := grep -v -e "is ignored: it is neither a file nor a directory" || true
+PIP_QUIET := sed -e "/is ignored: it is neither a file nor a directory/d"
 
 .PHONY: all install test demo tiny bench clean
 
