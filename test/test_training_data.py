@@ -22,7 +22,7 @@ cameras: [camera/image_raw]
 instruction: instruction
 state: {topic: state}
 actions: [{topic: action}]
-gripper_dims: [-1]
+gripper_dims: []
 """
 
 
@@ -35,7 +35,7 @@ def _toy_config(tmp_path: Path) -> Path:
 def _read(path: Path, config: Path | None, **check) -> tuple[list[Episode], DataReport]:
     report = DataReport(str(path))
     episodes = read_dataset(path, data_config=config, image_size=None, report=report)
-    good = check_episodes(episodes, report, num_images=check.get("num_images", 1), state_dim=3, action_dim=3,
+    good = check_episodes(episodes, report, num_images=check.get("num_images", 1), state_dim=toy.STATE_DIM, action_dim=toy.ACTION_DIM,
                           skip_bad=check.get("skip_bad", False))
     return good, report
 
@@ -87,8 +87,8 @@ def test_missing_topic_is_reported_up_front(tmp_path):
 def test_bad_episodes_are_listed_then_skippable(tmp_path):
     episodes = toy.make_episodes(4, seed=1)
     episodes[1].actions[0, 0] = np.nan
-    episodes[2] = Episode("reach the red cube", [np.zeros((0, 64, 64, 3), np.uint8)], np.zeros((0, 3), np.float32),
-                          np.zeros((0, 3), np.float32), "empty")
+    episodes[2] = Episode("reach the red cube", [np.zeros((0, 64, 64, 3), np.uint8)], np.zeros((0, toy.STATE_DIM), np.float32),
+                          np.zeros((0, toy.ACTION_DIM), np.float32), "empty")
     config = _toy_config(tmp_path)
     write_episodes_bag(tmp_path / "bag", episodes, config=BagConfig.load(config))
     with pytest.raises(DataError) as info:
@@ -106,8 +106,8 @@ def test_misaligned_stamps_are_reported(tmp_path):
     from rosbags.rosbag2 import Reader, Writer
 
     rng = np.random.default_rng(0)
-    episodes = [Episode("reach the red cube", [rng.integers(0, 255, (6, 8, 8, 3), dtype=np.uint8)], np.zeros((6, 3), np.float32),
-                        np.zeros((6, 3), np.float32), str(i)) for i in range(2)]
+    episodes = [Episode("reach the red cube", [rng.integers(0, 255, (6, 8, 8, 3), dtype=np.uint8)], np.zeros((6, toy.STATE_DIM), np.float32),
+                        np.zeros((6, toy.ACTION_DIM), np.float32), str(i)) for i in range(2)]
     config = _toy_config(tmp_path)
     write_episodes_bag(tmp_path / "bag", episodes, config=BagConfig.load(config))
     seen = 0
@@ -137,7 +137,7 @@ def _write_lerobot_v21(root: Path, episodes: list[Episode], embed: bool) -> None
     tasks = sorted({e.instruction for e in episodes})
     (root / "meta").mkdir(parents=True)
     features = {"observation.image": {"dtype": "image", "shape": [3, 64, 64]},
-                "observation.state": {"dtype": "float32", "shape": [3]}, "action": {"dtype": "float32", "shape": [3]}}
+                "observation.state": {"dtype": "float32", "shape": [toy.STATE_DIM]}, "action": {"dtype": "float32", "shape": [toy.ACTION_DIM]}}
     info = {"codebase_version": "v2.1", "fps": 10, "chunks_size": 1000, "features": features,
             "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"}
     (root / "meta" / "info.json").write_text(json.dumps(info))
@@ -188,7 +188,7 @@ def test_lerobot_v30_video(tmp_path):
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     info = {"codebase_version": "v3.0", "fps": 10, "features": {
         key: {"dtype": "video", "shape": [3, 64, 64], "info": {"video.codec": "mpeg4"}},
-        "observation.state": {"dtype": "float32", "shape": [3]}, "action": {"dtype": "float32", "shape": [3]}},
+        "observation.state": {"dtype": "float32", "shape": [toy.STATE_DIM]}, "action": {"dtype": "float32", "shape": [toy.ACTION_DIM]}},
         "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
         "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}
     (root / "meta" / "info.json").write_text(json.dumps(info))

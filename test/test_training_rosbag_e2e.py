@@ -37,9 +37,10 @@ def _libero_like_episodes(count: int) -> list[Episode]:
         views = np.asarray(e.images[0])
         wrist = np.ascontiguousarray(views[:, 16:48, 16:48].repeat(2, axis=1).repeat(2, axis=2))
         states = np.zeros((len(e), 8), np.float32)
-        states[:, :2], states[:, 7] = e.states[:, :2], e.states[:, 2]
+        states[:, :2] = e.states
         actions = np.zeros((len(e), 7), np.float32)
-        actions[:, :2], actions[:, 6] = e.actions[:, :2], e.actions[:, 2]
+        actions[:, :2] = e.actions
+        actions[-1, 6] = 1.0  # the gripper closes on arrival
         episodes.append(Episode(e.instruction, [views, wrist], states, actions, f"demo{i}"))
     return episodes
 
@@ -141,9 +142,9 @@ def test_torchrun_ddp_matches_one_process(tmp_path):
     ddp = read_safetensors([tmp_path / "ddp" / "final" / "model.safetensors"])
     single = read_safetensors([tmp_path / "single" / "final" / "model.safetensors"])
     assert ddp.keys() == single.keys()
-    for key in ddp:  # Adam normalises each step to ~lr, so a near-zero gradient's sign may flip: bound by 2 steps of lr
-        diff = np.abs(ddp[key].numpy() - single[key].numpy())
-        assert diff.max() <= 2 * 2 * 5e-4 and diff.mean() <= 1e-6, (key, diff.max(), diff.mean())
+    diff = np.concatenate([np.abs(ddp[k].numpy() - single[k].numpy()).ravel() for k in ddp])
+    # Adam steps ~lr, so where a gradient is ~0 its sign may differ by rounding: a few elements, by at most two steps
+    assert diff.max() <= 2 * 2 * 5e-4 and (diff > 1e-6).mean() < 1e-3, (diff.max(), (diff > 1e-6).mean())
     base_weights = read_safetensors([base / "model.safetensors"])
     changed = sum(not np.array_equal(base_weights[k].numpy(), ddp[k].numpy()) for k in ddp)
     assert changed > 10  # it did train

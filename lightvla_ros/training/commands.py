@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         grad_accum=args.grad_accum, lr=args.lr, lr_milestones=args.lr_milestones, lr_gamma=args.lr_gamma,
         weight_decay=args.weight_decay, lora_rank=0 if args.full else args.lora_rank, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, fresh_heads=not args.keep_heads, chunk_len=args.chunk_len, gripper_dims=args.gripper_dims,
-        augment=not args.no_augment, readout=args.readout, dtype=args.dtype, save_dtype=args.save_dtype,
+        augment=not args.no_augment, loss=args.loss, readout=args.readout, dtype=args.dtype, save_dtype=args.save_dtype,
         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, val_episodes=args.val_episodes, eval_every=args.eval_every,
         log_every=args.log_every, seed=args.seed, num_workers=args.num_workers, device=args.device,
         skip_bad_episodes=args.skip_bad_episodes, progress=not args.no_progress,
@@ -47,9 +47,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from lightvla_ros.training.study import StudyConfig, run_study
+    from lightvla_ros.training.study import StudyConfig, render_from_results, run_study
 
-    run_study(StudyConfig(out=args.out, report=args.report, seeds=args.seeds, quick=args.quick))
+    config = StudyConfig(out=args.out, report=args.report, seeds=args.seeds, quick=args.quick, variant=args.variant)
+    if args.render_only:
+        render_from_results(config)
+    else:
+        run_study(config)
     return 0
 
 
@@ -86,6 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--chunk-len", type=int, help="action chunk length for fresh heads (default: the checkpoint's)")
     g.add_argument("--gripper-dims", type=_int_list, default=[-1], help="action dims left un-normalised (default -1; '' for none)")
     g.add_argument("--no-augment", action="store_true", help="no image augmentation (then run inference without --center-crop)")
+    g.add_argument("--loss", default="l1", choices=["l1", "mse"],
+                   help="l1: the reference's; mse: only for a policy trained from scratch (L1 can collapse it to the median action)")
     g.add_argument("--readout", default="last", choices=["last", "aligned"], help="action read-out; 'last' matches inference")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="base weights (auto: bf16 for LoRA on CUDA)")
     g.add_argument("--save-dtype", default="bfloat16", choices=["bfloat16", "float32"], help="dtype of saved weights")
@@ -107,4 +113,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default="docs/pruning-study.md", help="where to write the report (images go to its img/ folder)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="a much shorter run to check the pipeline (numbers not meaningful)")
+    p.add_argument("--variant", default="distinct", choices=["distinct", "confusable"], help="toy task variant (see toy.py)")
+    p.add_argument("--render-only", action="store_true", help="rewrite the report from OUT/results.json (no training)")
     p.set_defaults(func=cmd_study)

@@ -3,19 +3,20 @@
 A 64x64 top-down scene holds four shapes (cube, bowl, cup, plate) on a textured table and a gripper marker. The
 instruction names one object ("reach the red cube"); the other three are distractors. Two variants:
 
-- ``distinct``: the named object is red, green, blue or yellow; the distractors are white or black (colours a
-  named object never has), so the object that matters can be told by its appearance;
+- ``distinct``: the named object is vivid red, green, blue or yellow; the distractors are pale (30% contrast)
+  objects of the same colours and shapes, so the object that matters can be told by its appearance;
 - ``confusable``: every object is coloured and half the time a distractor shares the named object's colour or
   shape, so only the instruction tells them apart (word-object binding).
 
-The robot state is the gripper's (x, y) position and whether it is closed; an action is a (dx, dy) step plus a
-gripper command (1 = close). The expert covers half the remaining distance per step and closes on arrival, so the
-correct action depends only on the gripper and the named object.
+The robot state is the gripper's (x, y) position; an action is a (dx, dy) step. The expert covers half the
+remaining distance per step (bounded), so the correct action depends only on the gripper and the named object. A
+reach succeeds when, after ``EPISODE_STEPS`` steps, the gripper is over the named object.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,28 +31,27 @@ from lightvla_ros.model.tiny import make_tokenizer
 from lightvla_ros.training.data import Episode
 
 IMAGE_SIZE = 64
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (45, 75, 225),
-    "yellow": (225, 205, 35),
-    "white": (235, 235, 235),
-    "black": (35, 35, 35),
-}
+PATCH_SIZE = 16  # 4x4 = 16 visual tokens
 TARGET_COLOURS = ("red", "green", "blue", "yellow")
-DISTRACTOR_COLOURS = ("white", "black")
+_VIVID = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (45, 75, 225), "yellow": (225, 205, 35)}
+PALE_CONTRAST = 0.3  # pale distractors: this fraction of the vivid colour over a mid-grey
+COLOURS: dict[str, tuple[int, int, int]] = {
+    **_VIVID,
+    **{f"pale {c}": tuple(int(PALE_CONTRAST * v + (1 - PALE_CONTRAST) * 130) for v in rgb) for c, rgb in _VIVID.items()},
+}
+DISTRACTOR_COLOURS = tuple(f"pale {c}" for c in TARGET_COLOURS)
 VARIANTS = ("distinct", "confusable")
 SHAPES = ("cube", "bowl", "cup", "plate")  # drawn as a square, a disc, a triangle and a ring
 NUM_OBJECTS = 4
 OBJECT_RADIUS = 0.085  # half-size of an object, in scene units (the scene is the unit square)
 MIN_SEPARATION = 0.26
 GAIN = 0.5  # the expert covers this fraction of the remaining distance per step
-MAX_STEP = 0.3  # largest |dx| and |dy| of one action
-REACH_RADIUS = 0.06  # the gripper closes when it is this close to the target
-SUCCESS_RADIUS = 0.08  # closing within this distance of the named object counts as a reach
-ACTION_DIM = 3  # dx, dy, gripper
-STATE_DIM = 3  # x, y, gripper
-ACTION_NORMALIZED = [True, True, False]  # the gripper command is a 0/1 target, never normalised
+MAX_STEP = 0.5  # largest |dx| and |dy| of one action
+EPISODE_STEPS = 4  # one chunk; the expert ends within 1/16 of its start distance (< SUCCESS_RADIUS)
+MIN_PATCH_COVER = 0.08  # an object drawn on this fraction of a patch (20 of 256 px) names it in pre-training
+SUCCESS_RADIUS = 0.08  # ending within this distance of the named object's centre (inside it) counts as a reach
+ACTION_DIM = 2  # dx, dy
+STATE_DIM = 2  # x, y
 
 
 @dataclass(frozen=True)
@@ -129,39 +129,40 @@ def render(scene: ToyScene, gripper: np.ndarray, size: int = IMAGE_SIZE) -> np.n
     gx, gy = float(gripper[0]), float(gripper[1])
     arm = 0.045
     cross = ((np.abs(xs - gx) <= 0.012) & (np.abs(ys - gy) <= arm)) | ((np.abs(ys - gy) <= 0.012) & (np.abs(xs - gx) <= arm))
-    image[cross] = (245, 245, 245) if len(gripper) < 3 or gripper[2] < 0.5 else (30, 30, 30)
+    image[cross] = (245, 245, 245)
     return image.astype(np.uint8)
 
 
 def expert_action(target: np.ndarray, gripper: np.ndarray) -> np.ndarray:
-    """Cover half the remaining distance to the target (bounded); close once within reach."""
-    step = np.clip(GAIN * (target - gripper[:2]), -MAX_STEP, MAX_STEP)
-    arrived = np.linalg.norm(gripper[:2] + step - target) <= REACH_RADIUS
-    return np.array([step[0], step[1], 1.0 if arrived else 0.0])
+    """Cover half the remaining distance to the target, at most ``MAX_STEP`` per axis."""
+    return np.clip(GAIN * (target - gripper), -MAX_STEP, MAX_STEP)
 
 
 def random_start(rng: np.random.Generator) -> np.ndarray:
-    return np.array([*rng.uniform(0.05, 0.95, 2), 0.0])
+    return rng.uniform(0.05, 0.95, 2)
+
+
+def expert_trajectory(scene: ToyScene, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The expert's states and actions, (EPISODE_STEPS, STATE_DIM) and (EPISODE_STEPS, ACTION_DIM)."""
+    state, states, actions = np.asarray(start, np.float64), [], []
+    for _ in range(EPISODE_STEPS):
+        action = expert_action(scene.target_xy, state)
+        states.append(state)
+        actions.append(action)
+        state = state + action
+    return np.asarray(states, np.float32), np.asarray(actions, np.float32)
 
 
 def make_episode(rng: np.random.Generator, name: str, variant: str = "distinct") -> Episode:
-    """One expert demonstration in a fresh random scene, from a random start to the closing step."""
+    """One expert demonstration of ``EPISODE_STEPS`` steps in a fresh random scene from a random start."""
     scene = sample_scene(rng, variant)
-    state = random_start(rng)
-    images, states, actions = [], [], []
-    while True:
-        action = expert_action(scene.target_xy, state)
-        images.append(render(scene, state))
-        states.append(state.copy())
-        actions.append(action)
-        state = np.array([*(state[:2] + action[:2]), action[2]])
-        if action[2] > 0.5:
-            break
+    states, actions = expert_trajectory(scene, random_start(rng))
+    images = [render(scene, state) for state in states]
     return Episode(
         instruction=scene.instruction,
         images=[np.stack(images)],
-        states=np.asarray(states, np.float32),
-        actions=np.asarray(actions, np.float32),
+        states=states,
+        actions=actions,
         name=name,
     )
 
@@ -178,33 +179,22 @@ BatchPolicy = Callable[[list[list[np.ndarray]], list[str], np.ndarray], np.ndarr
 @dataclass
 class Rollout:
     success: bool
-    steps: int
     final_distance: float
 
 
-def rollout(policy: BatchPolicy, scenes: list[ToyScene], starts: np.ndarray, max_steps: int = 16) -> list[Rollout]:
-    """Execute predicted chunks open-loop in every scene at once, re-planning after each chunk, until the gripper
-    closes or ``max_steps`` pass. Success: the gripper closed within ``SUCCESS_RADIUS`` of the named object."""
+def rollout(policy: BatchPolicy, scenes: list[ToyScene], starts: np.ndarray, steps: int = EPISODE_STEPS) -> list[Rollout]:
+    """Execute predicted chunks open-loop in every scene at once, re-planning after each chunk, for ``steps``
+    steps. Success: the gripper ends within ``SUCCESS_RADIUS`` of the named object."""
     states = np.asarray(starts, np.float64).copy()
-    steps = np.zeros(len(scenes), np.int64)
-    active = np.ones(len(scenes), bool)
-    while active.any():
-        index = np.flatnonzero(active)
-        images = [[render(scenes[i], states[i])] for i in index]
-        chunks = policy(images, [scenes[i].instruction for i in index], states[index].astype(np.float32))
-        for i, chunk in zip(index, chunks):
-            for action in chunk:
-                move = np.clip(action[:2], -MAX_STEP, MAX_STEP)
-                states[i] = [*np.clip(states[i, :2] + move, 0.0, 1.0), float(action[2] > 0.5)]
-                steps[i] += 1
-                if states[i, 2] > 0.5 or steps[i] >= max_steps:
-                    active[i] = False
-                    break
-    results = []
-    for scene, state, n in zip(scenes, states, steps):
-        distance = float(np.linalg.norm(state[:2] - scene.target_xy))
-        results.append(Rollout(bool(state[2] > 0.5 and distance <= SUCCESS_RADIUS), int(n), distance))
-    return results
+    done = 0
+    while done < steps:
+        images = [[render(scene, state)] for scene, state in zip(scenes, states)]
+        chunks = policy(images, [scene.instruction for scene in scenes], states.astype(np.float32))
+        for action in np.moveaxis(chunks, 1, 0)[: steps - done]:
+            states = np.clip(states + np.clip(action, -MAX_STEP, MAX_STEP), 0.0, 1.0)
+            done += 1
+    distances = [float(np.linalg.norm(state - scene.target_xy)) for scene, state in zip(scenes, states)]
+    return [Rollout(d <= SUCCESS_RADIUS, d) for d in distances]
 
 
 def patch_cover(scene: ToyScene, grid: int) -> np.ndarray:
@@ -228,68 +218,93 @@ def patch_labels(scene: ToyScene, grid: int) -> np.ndarray:
     return labels
 
 
-def patch_classes(scene: ToyScene, grid: int) -> np.ndarray:
-    """Per patch: 0 for the table, else 1 + the (colour, shape) kind of the object covering most of it (>= 25%)."""
+def patch_classes(scene: ToyScene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch: 0 for the table, else 1 + the (colour, shape) kind of the object covering most of it (at least
+    ``MIN_PATCH_COVER``);
+    and (grid*grid, 2) where that object's centre is (the patch's own centre on the table), in [-1, 1]."""
     cover = patch_cover(scene, grid)
     kinds = np.array([1 + list(COLOURS).index(o.colour) * len(SHAPES) + SHAPES.index(o.shape) for o in scene.objects])
-    return np.where(cover.max(axis=0) >= 0.25, kinds[cover.argmax(axis=0)], 0)
+    on_object = cover.max(axis=0) >= MIN_PATCH_COVER
+    ys, xs = np.meshgrid((np.arange(grid) + 0.5) / grid, (np.arange(grid) + 0.5) / grid, indexing="ij")
+    centres = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    objects = np.array([[o.x, o.y] for o in scene.objects])[cover.argmax(axis=0)]
+    return np.where(on_object, kinds[cover.argmax(axis=0)], 0), np.where(on_object[:, None], objects, centres) * 2 - 1
 
 
 def pretrain_vision(checkpoint: str | Path, steps: int, seed: int, variant: str = "distinct", batch_size: int = 32,
                     lr: float = 2e-3, pool: int = 2000) -> list[float]:
-    """Give the toy model a pretrained vision encoder, as OpenVLA-OFT inherits DINOv2/SigLIP.
+    """Give the toy model what OpenVLA-OFT inherits from its VLM: a pretrained vision encoder whose projected patch
+    tokens live in the language model's word-embedding space.
 
-    The ViT and projector learn, from random scenes, to tell per patch which kind of object (colour x shape) covers
-    it and where the patch is; the two linear probes are then discarded and the checkpoint is rewritten in place.
-    Nothing here sees instructions or actions. Returns the loss per step.
+    From random scenes, the ViT and projector learn per patch which kind of object (colour x shape) covers it and
+    where that object (or the patch, on the table) is (the DINOv2/SigLIP part), and, with the word embeddings, to sit near the words that name it:
+    a vivid object's patches near its colour word, every object's patches near its shape word, with the cosine
+    geometry the pruner scores with (the part the VLM's vision-language pre-training plays). The linear probes are
+    then discarded and the checkpoint is rewritten in place. Nothing here sees instructions or actions. Returns the
+    loss per step.
     """
+    from tokenizers import Tokenizer
+
     from lightvla_ros.model.checkpoint import load_model
+    from lightvla_ros.model.pruning import weightless_rms_norm
     from lightvla_ros.model.processing import ImageProcessor
 
     model, files = load_model(checkpoint, PruningConfig("none"))
     processor = ImageProcessor.from_file(files.preprocessor, model.config.vision.num_featurizers)
+    tokenizer = Tokenizer.from_file(str(files.tokenizer))
+    colour_words = torch.tensor([tokenizer.token_to_id(f"\u2581{c}") for c in TARGET_COLOURS])
+    shape_words = torch.tensor([tokenizer.token_to_id(f"\u2581{s}") for s in SHAPES])
     grid = int(round(model.vision_backbone.patches_per_image ** 0.5))
     torch.manual_seed(seed)
     classify = torch.nn.Linear(model.config.llm_dim, 1 + len(COLOURS) * len(SHAPES))
     locate = torch.nn.Linear(model.config.llm_dim, 2)
-    ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
-    where = torch.tensor(np.stack([xs.ravel(), ys.ravel()], axis=1) / (grid - 1) * 2 - 1, dtype=torch.float32)
-    modules = [model.vision_backbone, model.projector, classify, locate]
+    embeddings = model.llm.embed_tokens
+    modules = [model.vision_backbone, model.projector, classify, locate, embeddings]
     optimizer = torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=lr)
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, variant) for _ in range(pool)]
     pixels = torch.stack([processor([render(scene, random_start(rng))]) for scene in scenes])
-    labels = torch.from_numpy(np.stack([patch_classes(scene, grid) for scene in scenes]))
+    kinds, where = (torch.from_numpy(np.stack(x)) for x in zip(*(patch_classes(scene, grid) for scene in scenes)))
+    where = where.float()
+    colour = (kinds - 1) // len(SHAPES)  # index into COLOURS: the vivid colours come first
+    colour_label = torch.where((kinds > 0) & (colour < len(TARGET_COLOURS)), colour, -100)
+    shape_label = torch.where(kinds > 0, (kinds - 1) % len(SHAPES), -100)
+    scale = model.config.llm_dim ** -0.5
     losses = []
     model.train()
     for _ in range(steps):
         batch = torch.from_numpy(rng.choice(pool, batch_size, replace=False))
         features = model.projector(model.vision_backbone(pixels[batch], 1).features)
-        loss = torch.nn.functional.cross_entropy(classify(features).flatten(0, 1), labels[batch].flatten())
-        loss = loss + (locate(features) - where).pow(2).mean()
+        loss = torch.nn.functional.cross_entropy(classify(features).flatten(0, 1), kinds[batch].flatten())
+        loss = loss + (locate(features) - where[batch]).pow(2).mean()
+        patches = weightless_rms_norm(features).flatten(0, 1)
+        for words, labels in ((colour_words, colour_label), (shape_words, shape_label)):
+            logits = patches @ weightless_rms_norm(embeddings(words)).T * scale
+            loss = loss + torch.nn.functional.cross_entropy(logits, labels[batch].flatten(), ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     save_checkpoint(model, checkpoint, step=0, source=files, weights_dtype=torch.float32)
     return losses
 
 
 def toy_config(prefix_token_id: int, vocab_size: int) -> VLAConfig:
-    """The toy model: one 64 px camera cut into 8x8 patches of 8 px (64 visual tokens), a DINOv2-architecture ViT
-    of width 48 (features from its second of three blocks), a 3-layer Llama of width 64, and 4-step chunks of
-    (dx, dy, gripper). Same classes, file layout and pruning code as the 7B model, scaled down."""
+    """The toy model: one 64 px camera cut into 4x4 patches of 16 px (16 visual tokens), a DINOv2-architecture ViT
+    of width 48 (features from its second of three blocks), a 3-layer Llama of width 64 with two heads of 32 (wide
+    heads leave RoPE enough slowly rotating channels to match content), and 4-step chunks of (dx, dy).
+    Same classes, file layout and pruning code as the 7B model, scaled down."""
     return VLAConfig.from_dict({
         "model_type": "openvla",
         "timm_model_ids": ["vit_large_patch14_reg4_dinov2.lvd142m"],
-        "timm_model_kwargs": [{"embed_dim": 48, "depth": 3, "num_heads": 3, "patch_size": 8}],
+        "timm_model_kwargs": [{"embed_dim": 48, "depth": 3, "num_heads": 3, "patch_size": PATCH_SIZE}],
         "image_sizes": [IMAGE_SIZE],
         "timm_override_act_layers": [None],
         "use_fused_vision_backbone": False,
         "image_resize_strategy": "resize-naive",
         "pad_token_id": 3,
         "text_config": {"model_type": "llama", "vocab_size": -(-vocab_size // 64) * 64, "hidden_size": 64, "intermediate_size": 128,
-                        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256,
+                        "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256,
                         "rms_norm_eps": 1e-5, "pad_token_id": 3, "bos_token_id": 1, "eos_token_id": 2},
         "lightvla": {"num_images": 1, "proprio_dim": STATE_DIM, "action_dim": ACTION_DIM, "chunk_len": 4, "stop_token_id": 2,
                      "action_prefix_token_id": prefix_token_id},
@@ -297,8 +312,10 @@ def toy_config(prefix_token_id: int, vocab_size: int) -> VLAConfig:
 
 
 def sincos_position_embedding(grid: int, dim: int) -> torch.Tensor:
-    """A 2-D sine/cosine embedding (grid*grid, dim): x in the first half of the channels, y in the second."""
-    freqs = 1.0 / (100.0 ** (torch.arange(dim // 4) / (dim // 4)))
+    """A 2-D sine/cosine embedding (grid*grid, dim): x in the first half of the channels, y in the second. The
+    lowest frequency spans a quarter period across the grid (monotonic, easy to read out), the highest ~ one patch."""
+    count = dim // 4
+    freqs = (math.pi / (2 * grid)) * (2.0 * grid) ** (torch.arange(count) / max(count - 1, 1))
     ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
     x, y = xs.flatten()[:, None] * freqs, ys.flatten()[:, None] * freqs
     return torch.cat([torch.sin(x), torch.cos(x), torch.sin(y), torch.cos(y)], dim=-1)

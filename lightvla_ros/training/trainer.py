@@ -86,6 +86,7 @@ class TrainConfig:
     chunk_len: int | None = None  # with fresh heads: the chunk length (default: the checkpoint's)
     gripper_dims: list[int] = field(default_factory=lambda: [-1])
     augment: bool = True
+    loss: str = "l1"  # l1 (the reference's); mse only to pre-train a base from scratch (see training/study.py)
     readout: str = "last"
     dtype: str = "auto"  # base weights: auto = bfloat16 for LoRA on CUDA, else float32
     save_dtype: str = "bfloat16"
@@ -113,6 +114,8 @@ class TrainConfig:
             raise InputError("steps, batch size and gradient accumulation must be >= 1")
         if self.readout not in ("last", "aligned"):
             raise InputError(f"readout must be 'last' or 'aligned', got {self.readout!r}")
+        if self.loss not in ("l1", "mse"):
+            raise InputError(f"loss must be 'l1' or 'mse', got {self.loss!r}")
         if self.save_dtype not in ("bfloat16", "float32") or self.dtype not in ("auto", "bfloat16", "float32"):
             raise InputError("dtype must be auto|bfloat16|float32 and save dtype bfloat16|float32")
         if self.lora_rank < 0:
@@ -369,7 +372,8 @@ class Trainer:
                     with (contextlib.nullcontext() if sync else self.engine.no_sync()), self._autocast():
                         out = self.engine(batch.pixel_values, batch.text_ids, batch.text_lengths, batch.proprio,
                                           noise_scale=noise, generator=generator)
-                        loss = (out.normalized_actions.float() - batch.actions).abs().mean()
+                        error = out.normalized_actions.float() - batch.actions
+                        loss = error.pow(2).mean() if config.loss == "mse" else error.abs().mean()
                     (loss / config.grad_accum).backward()
                     loss_sum += float(loss.detach())
                     kept_sum += float(np.mean([len(k) for k in out.kept_patch_indices]))
