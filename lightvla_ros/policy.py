@@ -208,7 +208,7 @@ class LightVLAPolicy:
         if not observations:
             raise InputError("no observations given")
         start = time.perf_counter()
-        pixels, ids, lengths, proprio = self._prepare(observations)
+        pixels, ids, lengths, proprio = self.prepare(observations)
         preprocess_ms = (time.perf_counter() - start) * 1e3
         timer = StageTimer(self._device)
         with self._lock, torch.inference_mode():
@@ -244,7 +244,8 @@ class LightVLAPolicy:
             self.predict(images, "warm up", proprio)
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _prepare(self, observations: Sequence[Observation]):
+    def prepare(self, observations: Sequence[Observation]):
+        """The model's inputs for a batch: pixel values, padded prompt ids, prompt lengths and normalised proprio."""
         pixels, rows, states = [], [], []
         for obs in observations:
             if len(obs.images) != self.num_images:

@@ -57,7 +57,7 @@ def test_kept_patches_and_actions_match(policy, oft_tiny, golden, index):
 def test_pruner_scores_and_training_selection_match(policy, oft_tiny, golden, index):
     """The training-mode (straight-through) selection with zero noise picks golden ``per_query_argmax``."""
     case = golden["cases"][index]
-    pixels, ids, lengths, proprio = policy._prepare([Observation(*case_inputs(oft_tiny, case))])
+    pixels, ids, lengths, proprio = policy.prepare([Observation(*case_inputs(oft_tiny, case))])
     model = policy.model
     model.train()
     try:

@@ -52,7 +52,7 @@ def test_patch_labels_follow_the_drawn_objects():
     col = min(int(target.x * grid), grid - 1)
     row = min(int(target.y * grid), grid - 1)
     assert labels[row * grid + col] == 1  # the patch under the named object's centre
-    assert kinds[row * grid + col] == 1 + list(toy.COLOURS).index(target.colour) * len(toy.SHAPES) + toy.SHAPES.index(target.shape)
+    assert kinds[row * grid + col] == toy.kind_index(target)
     np.testing.assert_allclose(centres[row * grid + col], np.array([target.x, target.y]) * 2 - 1, atol=1e-6)
     assert (labels == 0).sum() > 0 and centres.min() >= -1 and centres.max() <= 1
 
@@ -84,7 +84,7 @@ def test_vision_language_pretraining_puts_patches_near_the_words_that_name_them(
     for scene, sims in zip(scenes, similarity):
         kinds, _ = toy.patch_classes(scene, grid)
         target = scene.objects[scene.target]
-        on_target = kinds == 1 + list(toy.COLOURS).index(target.colour) * len(toy.SHAPES) + toy.SHAPES.index(target.shape)
+        on_target = kinds == toy.kind_index(target)
         colour = toy.TARGET_COLOURS.index(target.colour)
         right += int(sims[torch.from_numpy(on_target)].mean(0).argmax()) == colour
     assert right >= 16, f"{right} of 20 named objects closest to their colour word"

@@ -49,7 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     from lightvla_ros.training.study import StudyConfig, render_from_results, run_study
 
-    config = StudyConfig(out=args.out, report=args.report, seeds=args.seeds, quick=args.quick, variant=args.variant)
+    config = StudyConfig(out=args.out, report=args.report, seeds=args.seeds, quick=args.quick, workers=args.workers,
+                         variant=args.variant)
     if args.render_only:
         render_from_results(config)
     else:
@@ -113,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default="docs/pruning-study.md", help="where to write the report (images go to its img/ folder)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="a much shorter run to check the pipeline (numbers not meaningful)")
+    p.add_argument("--workers", type=int, default=2, help="training processes (one thread each)")
     p.add_argument("--variant", default="distinct", choices=["distinct", "confusable"], help="toy task variant (see toy.py)")
     p.add_argument("--render-only", action="store_true", help="rewrite the report from OUT/results.json (no training)")
     p.set_defaults(func=cmd_study)

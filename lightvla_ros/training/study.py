@@ -19,7 +19,6 @@ so a re-run reproduces every number except timings.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -147,37 +146,26 @@ def baseline_job(seed: int, method: str, checkpoint: str, k: int, budget: Budget
 
 # ------------------------------------------------------------------------------------------------- evaluation
 class ToyRunner:
-    """Batched prediction on toy observations with one pruning mode, from a checkpoint folder."""
+    """Batched prediction on toy observations with one pruning mode, from a checkpoint folder: the policy's own
+    preprocessing, then the model (trained methods) or a training-free top-k forward pass (baselines)."""
 
     def __init__(self, checkpoint: Path, mode: str, k: int | None, seed: int = 0) -> None:
-        from lightvla_ros.model.checkpoint import load_model
-        from lightvla_ros.model.configuration import PruningConfig
-        from lightvla_ros.model.processing import ImageProcessor, Normalizer, PromptBuilder
+        from lightvla_ros.policy import LightVLAPolicy
 
-        pruning = PruningConfig(mode if mode in METHODS else "none")
-        self.model, files = load_model(checkpoint, pruning)
+        self.policy = LightVLAPolicy.from_checkpoint(checkpoint, device="cpu", dtype="float32",
+                                                     pruning=mode if mode in METHODS else "none", center_crop=AUGMENT)
+        self.model, self.normalizer = self.policy.model, self.policy.normalizer
         self.mode, self.k = mode, k
-        config = self.model.config
-        self.processor = ImageProcessor.from_file(files.preprocessor, config.vision.num_featurizers)
-        self.prompts = PromptBuilder(files.tokenizer, config.num_action_slots, config.stop_token_id, config.action_prefix_token_id, 200)
-        self.normalizer = Normalizer.from_statistics(json.loads(files.statistics.read_text()), None)
         self.generator = torch.Generator().manual_seed(seed)
-
-    def inputs(self, images: list[list[np.ndarray]], instructions: list[str], states: np.ndarray):
-        pixels = torch.stack([self.processor(views, crop=AUGMENT) for views in images])  # as in training
-        rows = [self.prompts(text) for text in instructions]
-        ids = torch.full((len(rows), max(map(len, rows))), self.model.config.pad_token_id, dtype=torch.long)
-        for b, row in enumerate(rows):
-            ids[b, : len(row)] = torch.tensor(row)
-        proprio = torch.from_numpy(np.stack([self.normalizer.normalize_proprio(s) for s in states]))
-        return pixels, ids, torch.tensor([len(r) for r in rows]), proprio
 
     @torch.no_grad()
     def predict(self, images, instructions, states) -> tuple[np.ndarray, list[np.ndarray]]:
         """Normalised action chunks (B, chunk, A) and the kept patch indices per sample."""
         from lightvla_ros.training.baselines import forward_top_k
 
-        args = self.inputs(images, instructions, states)
+        from lightvla_ros.policy import Observation
+
+        args = self.policy.prepare([Observation(*observation) for observation in zip(images, instructions, states)])
         if self.mode in METHODS:
             out = self.model(*args)
         else:
@@ -212,7 +200,7 @@ def evaluate_checkpoint(checkpoint: Path, mode: str, budget: Budget, variant: st
     runner = ToyRunner(checkpoint, mode, k)
     frames = test_frames(budget, variant)
     grid = int(round(runner.model.vision_backbone.patches_per_image ** 0.5))
-    errors, kept, on_target, on_distractor, target_recall = [], [], [], [], []
+    errors, kept, on_target, on_distractor, target_recall, target_area, distractor_area = [], [], [], [], [], [], []
     for start in range(0, len(frames), 64):
         part = frames[start : start + 64]
         images = [[toy.render(scene, state)] for scene, state, _ in part]
@@ -225,11 +213,12 @@ def evaluate_checkpoint(checkpoint: Path, mode: str, budget: Budget, variant: st
             on_distractor.append(float(np.mean(labels[keep] == 2)) if len(keep) else 0.0)
             target = np.flatnonzero(labels == 1)
             target_recall.append(float(np.isin(target, keep).mean()))
+            target_area.append(float(np.mean(labels == 1)))
+            distractor_area.append(float(np.mean(labels == 2)))
     rng = np.random.default_rng(ROLLOUT_SEED)
     scenes = [toy.sample_scene(rng, variant) for _ in range(budget.rollouts)]
     starts = np.stack([toy.random_start(rng) for _ in scenes])
     rollouts = toy.rollout(runner.act, scenes, starts)
-    labels = [toy.patch_labels(scene, grid) for scene, _, _ in frames]
     return {
         "l1": float(np.mean(errors)),
         "success": float(np.mean([r.success for r in rollouts])),
@@ -238,8 +227,8 @@ def evaluate_checkpoint(checkpoint: Path, mode: str, budget: Budget, variant: st
         "on_target": float(np.mean(on_target)),
         "on_distractor": float(np.mean(on_distractor)),
         "target_recall": float(np.mean(target_recall)),
-        "target_area": float(np.mean([np.mean(lab == 1) for lab in labels])),
-        "distractor_area": float(np.mean([np.mean(lab == 2) for lab in labels])),
+        "target_area": float(np.mean(target_area)),
+        "distractor_area": float(np.mean(distractor_area)),
         "mean_final_distance": float(np.mean([r.final_distance for r in rollouts])),
         "patches": float(grid * grid),
     }
@@ -698,22 +687,10 @@ def reading(results: dict[str, Any], summary) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="build/pruning-study")
-    parser.add_argument("--report", default="docs/pruning-study.md")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--variant", default="distinct", choices=["distinct", "confusable"])
-    parser.add_argument("--render-only", action="store_true", help="rewrite the report from OUT/results.json (no training)")
-    args = parser.parse_args(argv)
-    config = StudyConfig(out=args.out, report=args.report, seeds=args.seeds, quick=args.quick, workers=args.workers,
-                         variant=args.variant)
-    if args.render_only:
-        render_from_results(config)
-    else:
-        run_study(config)
-    return 0
+    """``python -m lightvla_ros.training.study [options]`` is ``lightvla study [options]``."""
+    from lightvla_ros.cli import main as cli_main
+
+    return cli_main(["study", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

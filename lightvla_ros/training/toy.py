@@ -218,12 +218,17 @@ def patch_labels(scene: ToyScene, grid: int) -> np.ndarray:
     return labels
 
 
+def kind_index(obj: ToyObject) -> int:
+    """The (colour, shape) class of an object in pre-training: 1 + colour * len(SHAPES) + shape (0 is the table)."""
+    return 1 + list(COLOURS).index(obj.colour) * len(SHAPES) + SHAPES.index(obj.shape)
+
+
 def patch_classes(scene: ToyScene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     """Per patch: 0 for the table, else 1 + the (colour, shape) kind of the object covering most of it (at least
     ``MIN_PATCH_COVER``);
     and (grid*grid, 2) where that object's centre is (the patch's own centre on the table), in [-1, 1]."""
     cover = patch_cover(scene, grid)
-    kinds = np.array([1 + list(COLOURS).index(o.colour) * len(SHAPES) + SHAPES.index(o.shape) for o in scene.objects])
+    kinds = np.array([kind_index(o) for o in scene.objects])
     on_object = cover.max(axis=0) >= MIN_PATCH_COVER
     ys, xs = np.meshgrid((np.arange(grid) + 0.5) / grid, (np.arange(grid) + 0.5) / grid, indexing="ij")
     centres = np.stack([xs.ravel(), ys.ravel()], axis=1)
