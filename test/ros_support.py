@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,13 +37,10 @@ def tiny_checkpoint() -> Path | None:
 
 
 def spin_until(executor: Any, predicate: Callable[[], bool], timeout: float) -> bool:
-    """Pump the executor until ``predicate()`` holds or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        executor.spin_once(timeout_sec=0.02)
-    return predicate()
+    """The package's spin loop (imported here lazily: collecting a test must not need rclpy)."""
+    from lightvla_ros.ros.entry import spin_until as spin
+
+    return spin(executor, predicate, timeout)
 
 
 def rgb_image(height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:

@@ -154,12 +154,9 @@ class Client:
             self.executor.spin_once(timeout_sec=min(left, 0.005))
 
     def wait(self, predicate: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            self.executor.spin_once(timeout_sec=0.02)
-        return predicate()
+        from lightvla_ros.ros.entry import spin_until  # rclpy is imported only once a node overhead run starts
+
+        return spin_until(self.executor, predicate, timeout)
 
     def send_frames(self) -> None:
         """The state, then each camera stamped just before it is published (as each camera driver would)."""

@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -22,7 +22,10 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from lightvla_ros.ros.entry import spin_until
+
 DEFAULT_INSTRUCTION = 'put the black bowl on the plate'
+SPIN_PERIOD = 0.05  # s; the clients here only wait for discovery, readiness or a deadline
 LEVELS = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}
 INSTRUCTION_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.VOLATILE)
@@ -82,16 +85,6 @@ def _init(domain_id: int | None) -> Context:
     return context
 
 
-def _spin_until(executor: SingleThreadedExecutor, predicate: Callable[[], bool],
-                timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return predicate()
-
-
 # ---------------------------------------------------------------------------------------- instruct
 
 def cmd_instruct(args: argparse.Namespace) -> int:
@@ -102,7 +95,7 @@ def cmd_instruct(args: argparse.Namespace) -> int:
     executor.add_node(node)
     try:
         pub = node.create_publisher(String, args.topic, INSTRUCTION_QOS)
-        if not _spin_until(executor, lambda: pub.get_subscription_count() > 0, args.timeout):
+        if not spin_until(executor, lambda: pub.get_subscription_count() > 0, args.timeout, SPIN_PERIOD):
             print(f'lightvla instruct: no subscriber on {pub.topic_name} within '
                   f'{args.timeout:.0f} s; is lightvla_node running (same ROS_DOMAIN_ID)?',
                   file=sys.stderr)
@@ -273,18 +266,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     instruction = client.create_publisher(String, 'instruction', INSTRUCTION_QOS)
     try:
         print(f'loading {args.checkpoint} (device {args.device}) ...', flush=True)
-        ready = _spin_until(executor,
-                            lambda: node.model_state in ('ready', 'failed', 'unconfigured'),
-                            args.load_timeout)
+        ready = spin_until(executor, lambda: node.model_state in ('ready', 'failed', 'unconfigured'),
+                           args.load_timeout, SPIN_PERIOD)
         if not ready or node.model_state != 'ready':
             reason = node.model_error if ready else f'not ready after {args.load_timeout:.0f} s'
             print(f'lightvla demo: model unavailable: {reason}', file=sys.stderr)
             return 1
-        _spin_until(executor, lambda: instruction.get_subscription_count() > 0, 10.0)
+        spin_until(executor, lambda: instruction.get_subscription_count() > 0, 10.0, SPIN_PERIOD)
         instruction.publish(String(data=args.instruction))
         table.begin()
         print(f'instruction: "{args.instruction}"  (running {args.duration:.0f} s)', flush=True)
-        _spin_until(executor, lambda: False, args.duration)
+        spin_until(executor, lambda: False, args.duration, SPIN_PERIOD)
     except KeyboardInterrupt:
         pass
     finally:

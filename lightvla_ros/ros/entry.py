@@ -1,7 +1,9 @@
-"""The shared ``main()`` body of this package's nodes: init, spin one node until Ctrl-C or shutdown, clean up."""
+"""The shared ``main()`` body of this package's nodes (init, spin one node until Ctrl-C or shutdown, clean up) and
+the spin loop its command-line clients and tests wait with."""
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import rclpy
@@ -22,3 +24,14 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> N
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def spin_until(executor: SingleThreadedExecutor, predicate: Callable[[], bool], timeout: float, period: float = 0.02) -> bool:
+    """Pump ``executor`` (``period`` seconds at most per callback wait) until ``predicate()`` holds or ``timeout``
+    seconds pass; returns whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        executor.spin_once(timeout_sec=period)
+    return predicate()
