@@ -22,7 +22,7 @@ from lightvla_ros.model.configuration import READOUT_MODES, PruningConfig
 from lightvla_ros.model.errors import CheckpointError, InputError
 from lightvla_ros.model.flops import ModelShape, count_flops
 from lightvla_ros.model.modeling import LightVLAForActionPrediction, StageTimer
-from lightvla_ros.model.processing import ImageProcessor, Normalizer, PromptBuilder
+from lightvla_ros.model.processing import ImageProcessor, Normalizer, PromptBuilder, pad_prompts
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -256,11 +256,7 @@ class LightVLAPolicy:
                 if obs.proprio is None:
                     raise InputError(f"this checkpoint needs the robot state ({self.proprio_dim} values) as proprio input")
                 states.append(self.normalizer.normalize_proprio(obs.proprio))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.model.config.pad_token_id, dtype=torch.long)
-        for b, row in enumerate(rows):
-            ids[b, : len(row)] = torch.tensor(row)
-        lengths = torch.tensor([len(r) for r in rows])
+        ids, lengths = pad_prompts(rows, self.model.config.pad_token_id)
         proprio = torch.from_numpy(np.stack(states)).to(self._device) if states else None
         return torch.stack(pixels).to(self._device), ids.to(self._device), lengths.to(self._device), proprio
 

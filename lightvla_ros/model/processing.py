@@ -86,6 +86,14 @@ class ImageProcessor:
         return torch.from_numpy(np.concatenate(planes, axis=0))
 
 
+def pad_prompts(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of prompts of different lengths as right-padded ids (B, longest) and their lengths (B,)."""
+    ids = torch.full((len(rows), max(len(row) for row in rows)), pad_token_id, dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = torch.as_tensor(row)
+    return ids, torch.tensor([len(row) for row in rows])
+
+
 class PromptBuilder:
     """Tokenises instructions into the model's text ids, caching each distinct instruction."""
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from lightvla_ros.model.processing import ImageProcessor, Normalizer, PromptBuilder
+from lightvla_ros.model.processing import ImageProcessor, Normalizer, PromptBuilder, pad_prompts
 from lightvla_ros.training.augment import Augmentation
 from lightvla_ros.training.data import Episode, action_chunk
 from lightvla_ros.training.statistics import normalize_actions
@@ -78,15 +78,12 @@ class ChunkDataset(Dataset):
 
 
 def collate(samples: list[dict], pad_token_id: int) -> Batch:
-    width = max(len(s["ids"]) for s in samples)
-    ids = torch.full((len(samples), width), pad_token_id, dtype=torch.long)
-    for b, s in enumerate(samples):
-        ids[b, : len(s["ids"])] = torch.tensor(s["ids"])
+    ids, lengths = pad_prompts([s["ids"] for s in samples], pad_token_id)
     proprio = None if samples[0]["proprio"] is None else torch.stack([s["proprio"] for s in samples])
     return Batch(
         pixel_values=torch.stack([s["pixel_values"] for s in samples]),
         text_ids=ids,
-        text_lengths=torch.tensor([len(s["ids"]) for s in samples]),
+        text_lengths=lengths,
         proprio=proprio,
         actions=torch.stack([s["actions"] for s in samples]),
     )
