@@ -7,16 +7,17 @@ another thread changes the pruning settings.
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from lightvla_ros.contract import Observation, PolicyOutput, PolicySettings
 from lightvla_ros.model.checkpoint import CheckpointFiles, load_model
 from lightvla_ros.model.configuration import READOUT_MODES, PruningConfig
 from lightvla_ros.model.errors import CheckpointError, InputError
@@ -56,39 +57,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-@dataclass
-class Observation:
-    images: Sequence[Any]
-    instruction: str
-    proprio: Any = None
-
-
-@dataclass
-class PolicyOutput:
-    actions: np.ndarray  # (chunk_len, action_dim), un-normalised; the gripper dimension passes through
-    normalized_actions: np.ndarray
-    kept_patch_indices: np.ndarray  # ascending indices into all patches; camera k owns [k*P, (k+1)*P)
-    num_kept: int
-    num_patches: int
-    patches_per_image: int
-    grid_size: int
-    keep_ratio: float
-    flops: dict[str, float]
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "actions": self.actions.tolist(),
-            "normalized_actions": self.normalized_actions.tolist(),
-            "kept_patch_indices": self.kept_patch_indices.tolist(),
-            "num_kept": self.num_kept,
-            "num_patches": self.num_patches,
-            "keep_ratio": self.keep_ratio,
-            "flops": self.flops,
-            "timings_ms": self.timings_ms,
-        }
-
-
 class LightVLAPolicy:
     """A loaded checkpoint ready to act. Build it with :meth:`from_checkpoint`."""
 
@@ -110,6 +78,16 @@ class LightVLAPolicy:
         )
         self._shape = ModelShape.of(model)
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: PolicySettings) -> "LightVLAPolicy":
+        """Build from the node's typed settings; ``cpu_threads`` > 0 also sets torch's intra-op thread count."""
+        if settings.cpu_threads > 0:
+            torch.set_num_threads(settings.cpu_threads)
+        return cls.from_checkpoint(
+            settings.checkpoint, device=settings.device, dtype=settings.dtype, pruning=settings.pruning,
+            max_kept_tokens=settings.max_kept_tokens, unnorm_key=settings.unnorm_key,
+            center_crop=settings.center_crop, readout=settings.readout, num_images=settings.num_images)
 
     @classmethod
     def from_checkpoint(
@@ -165,6 +143,10 @@ class LightVLAPolicy:
         return self.model.config.action_dim
 
     @property
+    def patches_per_image(self) -> int:
+        return self.model.vision_backbone.patches_per_image
+
+    @property
     def device(self) -> str:
         return str(self._device)
 
@@ -191,6 +173,16 @@ class LightVLAPolicy:
     @property
     def unnorm_key(self) -> str:
         return self.normalizer.key
+
+    def check_pruning(self, method: str, max_kept_tokens: int | None) -> str:
+        """Why ``method`` / ``max_kept_tokens`` cannot be used with this checkpoint, or '' (changes nothing)."""
+        try:
+            PruningConfig(method, max_kept_tokens)
+        except InputError as exc:
+            return str(exc)
+        if method == "lightvla_star" and self.model.star_pruner is None:
+            return "this checkpoint has no LightVLA* queries; use pruning 'lightvla' or 'none'"
+        return ""
 
     def set_pruning(self, method: str, max_kept_tokens: int | None) -> None:
         """Change pruning between two predictions (validated; raises InputError and changes nothing if invalid)."""
@@ -227,8 +219,8 @@ class LightVLAPolicy:
                 kept_patch_indices=kept,
                 num_kept=len(kept),
                 num_patches=out.num_patches,
-                patches_per_image=self.model.vision_backbone.patches_per_image,
-                grid_size=int(round(self.model.vision_backbone.patches_per_image ** 0.5)),
+                patches_per_image=self.patches_per_image,
+                grid_size=int(round(self.patches_per_image ** 0.5)),
                 keep_ratio=len(kept) / out.num_patches,
                 flops=flops,
                 timings_ms=timings,
@@ -242,6 +234,14 @@ class LightVLAPolicy:
         proprio = 0.5 * (self.normalizer.proprio_low + self.normalizer.proprio_high) if self.use_proprio else None
         for _ in range(iterations):
             self.predict(images, "warm up", proprio)
+
+    def release(self) -> None:
+        """Drop the weights and return the accelerator's cached memory (the node's lifecycle cleanup)."""
+        with self._lock:
+            self.model = None  # type: ignore[assignment]
+        gc.collect()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------------------------------ helpers
     def prepare(self, observations: Sequence[Observation]):

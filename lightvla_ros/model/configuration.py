@@ -39,6 +39,8 @@ CHUNK_LEN_BY_ACTION_DIM = {7: 8, 14: 25}
 
 PRUNING_METHODS = ("lightvla", "lightvla_star", "none")
 READOUT_MODES = ("last", "aligned")
+# Weight dtypes a policy can be loaded in; auto: bfloat16 on CUDA (what the checkpoints were trained in), float32 on CPU.
+DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
 NOISE_KINDS = ("uniform", "gumbel")
 
 

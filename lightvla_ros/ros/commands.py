@@ -266,7 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     instruction = client.create_publisher(String, 'instruction', INSTRUCTION_QOS)
     try:
         print(f'loading {args.checkpoint} (device {args.device}) ...', flush=True)
-        ready = spin_until(executor, lambda: node.model_state in ('ready', 'failed', 'unconfigured'),
+        ready = spin_until(executor, lambda: node.model_state in ('ready', 'failed') or bool(node.model_error),
                            args.load_timeout, SPIN_PERIOD)
         if not ready or node.model_state != 'ready':
             reason = node.model_error if ready else f'not ready after {args.load_timeout:.0f} s'

@@ -1,29 +1,58 @@
-"""The shared ``main()`` body of this package's nodes (init, spin one node until Ctrl-C or shutdown, clean up) and
-the spin loop its command-line clients and tests wait with."""
+"""The shared ``main()`` body of this package's nodes (init, spin one node until Ctrl-C, SIGTERM or shutdown,
+clean up) and the spin loop its command-line clients and tests wait with."""
 
 from __future__ import annotations
 
+import signal
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+# How often the spin loop returns to Python, so a signal is handled within this time.
+SIGNAL_CHECK_S = 0.1
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
-    """Run the node built by ``make_node`` on a single-threaded executor (its own worker threads do the heavy work)."""
-    rclpy.init(args=args)
+    """Run the node built by ``make_node`` on a single-threaded executor (its own worker threads do the heavy work).
+
+    SIGINT and SIGTERM are handled here rather than by rclpy: rclpy's handler shuts the context down at once, so a
+    worker thread still publishing would log errors, and a lifecycle node could no longer stop the robot. Instead
+    the node is first taken through its shutdown transition (stop motion, release the model) with the context
+    still valid, then destroyed, then the context is shut down.
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = make_node()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt the clean-up
+            signal.signal(sig, signal.SIG_IGN)
+        if isinstance(node, LifecycleNode) and rclpy.ok() and lifecycle_state(node) != 'finalized':
+            node.trigger_shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def lifecycle_state(node: LifecycleNode) -> str:
+    """The primary state's label (unconfigured, inactive, active, finalized); rclpy offers it only as a service."""
+    return node._state_machine.current_state[1]
 
 
 def spin_until(executor: SingleThreadedExecutor, predicate: Callable[[], bool], timeout: float, period: float = 0.02) -> bool:

@@ -1,269 +1,275 @@
-"""``lightvla_node``: cameras and an instruction in, action chunks and pruning diagnostics out.
+"""``lightvla_node``: a managed (lifecycle) node; cameras and an instruction in, action chunks and diagnostics out.
+
+Lifecycle (``ros2 lifecycle set /lightvla_node <transition>``; with ``autostart`` true, the default, the node walks
+itself to active):
+
+* configure: validate the parameters, create the topics, load and warm up the model (progress on /diagnostics);
+  a failure is reported and the node stays unconfigured.
+* activate: run inference and publish. deactivate: stop motion (zero twist or hold) and stop inferring; the
+  instruction is kept, so activate resumes it. cleanup: release the model and its memory (the CUDA cache too)
+  and remove the topics. shutdown: from any state.
 
 Interface (relative names resolve in the node's namespace; defaults from config/lightvla.yaml):
 
-* Inputs: ``camera/image_raw`` and ``wrist_camera/image_raw`` (parameter ``camera_topics``; Image
-  or CompressedImage per ``camera_types``; sensor-data QoS, overridable), ``instruction``
-  (std_msgs/String, reliable + volatile, depth 10; "" or "stop" stops), ``state``
-  (std_msgs/Float32MultiArray, or sensor_msgs/JointState with ``state_source: joint_states``).
-* Always published: ``action_chunk`` (std_msgs/Float32MultiArray, layout steps x dims, the whole
-  clipped chunk anchored at the observation), ``chunk_info`` (diagnostic_msgs/DiagnosticStatus:
-  obs_stamp, publish_stamp, latency, trimmed_steps, epoch, kept tokens, ...), ``ee_path``
-  (nav_msgs/Path, EEF mode), ``active_instruction`` (latched String), ``~/keep_ratio``
-  (std_msgs/Float32), ``~/debug_image`` (sensor_msgs/Image, only while subscribed) and
-  ``/diagnostics``.
-* Actuation, only while ``publish_actions`` is true (default false; ``~/enable`` std_srvs/SetBool
-  sets it): ``ee_twist`` (geometry_msgs/TwistStamped, one chunk step per ``dt``) or
-  ``joint_trajectory`` (trajectory_msgs/JointTrajectory), and ``gripper`` (std_msgs/Float64).
+* Inputs: ``camera/image_raw`` and ``wrist_camera/image_raw`` (``camera_topics``; Image or CompressedImage per
+  ``camera_types``; sensor-data QoS, overridable), ``instruction`` (std_msgs/String; "" or a stop word stops),
+  ``state`` (std_msgs/Float32MultiArray, or sensor_msgs/JointState with ``state_source: joint_states``).
+* Published for every chunk the model computes: ``action_chunk`` (Float32MultiArray, steps x dims, the clipped
+  chunk of the observation), ``chunk_info`` (DiagnosticStatus: obs_stamp, latency, trimmed and remaining steps,
+  kept tokens, ...), ``~/keep_ratio``, ``~/debug_image`` (only while subscribed), ``ee_path`` (EEF mode), plus
+  ``active_instruction`` (latched) and ``/diagnostics``.
+* Actuation (see :mod:`.actuation`), only while ``publish_actions`` is true (``~/enable`` sets it) and only for
+  chunks with steps left to execute: ``ee_twist`` or ``joint_trajectory``, and ``gripper``.
 
-Threading: subscription callbacks only store the newest message (see :mod:`.core.frames`); one
-worker thread decodes a matched frame set, runs the policy and publishes; the executor thread runs
-callbacks, the EEF streaming timer and diagnostics. The model loads on its own thread at start so
-diagnostics report progress (and any failure) while it loads.
-
-Run with ``ros2 run lightvla_ros lightvla_node`` or ``python -m lightvla_ros.ros.node``.
+Threading: subscription callbacks only store the newest message; one worker thread decodes a matched frame set,
+runs the policy and publishes; the executor runs callbacks, the control timer and diagnostics.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseStamped, TwistStamped
-from nav_msgs.msg import Path
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
-from rclpy.duration import Duration
-from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
-                              ParameterUninitializedException)
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
-from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float32, Float32MultiArray, Float64, MultiArrayDimension, String
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float32, String
 from std_srvs.srv import SetBool
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from lightvla_ros.contract import Policy, PolicyOutput, PolicySettings
+from lightvla_ros.ros import messages
+from lightvla_ros.ros.actuation import Actuator, make_actuator
 from lightvla_ros.ros.core import chunks as chunk_math
-from lightvla_ros.ros.core.frames import FrameSet, FrameStore
-from lightvla_ros.ros.core.images import ImageDecodeError, decode_image, encode_rgb_fields
-from lightvla_ros.ros.core.instructions import InstructionEventKind, InstructionTracker
-from lightvla_ros.ros.core.overlay import render_token_overlay
-from lightvla_ros.ros.core.params import PARAMS, SPECS, ParamSpec, validate_value
-from lightvla_ros.ros.core.state import (StateError, StateStore, state_from_array,
-                                         state_from_joint_state)
-from lightvla_ros.ros.core.stats import ActionCounters, PruningStats, RollingWindow
-from lightvla_ros.ros.core.status import (CameraReport, InstructionReport, ModelInfo, QosEvents,
-                                          StateReport, StatusReport, actions_status,
-                                          inference_status, inputs_status, instruction_status,
-                                          model_status, pruning_status)
-from lightvla_ros.ros.diagnostics import Diagnostics
+from lightvla_ros.ros.core.frames import FrameSet
+from lightvla_ros.ros.core.images import ImageDecodeError, decode_image
+from lightvla_ros.ros.core.instructions import InstructionEventKind
+from lightvla_ros.ros.core.params import NodeConfig
+from lightvla_ros.ros.core.state import StateError, state_from_array, state_from_joint_state
+from lightvla_ros.ros.core.status import ModelInfo, QosEvents
+from lightvla_ros.ros.diagnostics import Diagnostics, NodeHealth, NodeReports
+from lightvla_ros.ros.endpoints import Endpoints
 from lightvla_ros.ros.entry import spin_node
+from lightvla_ros.ros.parameters import NodeParameters, error_text
 
 NODE_NAME = 'lightvla_node'
-
-_ARRAY_TYPES = {'string': Parameter.Type.STRING_ARRAY, 'double': Parameter.Type.DOUBLE_ARRAY,
-                'integer': Parameter.Type.INTEGER_ARRAY}
-
-PolicyFactory = Callable[[dict[str, Any]], Any]
+PolicyFactory = Callable[[PolicySettings], Policy]
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
-def load_policy(settings: dict[str, Any]) -> Any:
-    """Build the real LightVLA policy (imports torch lazily, so the node imports without it)."""
-    if settings['cpu_threads'] > 0:
-        import torch
-
-        torch.set_num_threads(int(settings['cpu_threads']))
+def load_policy(settings: PolicySettings) -> Policy:
+    """The real LightVLA policy (torch is imported here, so the node module imports without it)."""
     from lightvla_ros.policy import LightVLAPolicy
 
-    return LightVLAPolicy.from_checkpoint(
-        settings['checkpoint'], device=settings['device'], dtype=settings['dtype'],
-        pruning=settings['pruning'], max_kept_tokens=settings['max_kept_tokens'] or None,
-        unnorm_key=settings['unnorm_key'] or None, center_crop=settings['center_crop'],
-        readout=settings['readout'], num_images=len(settings['camera_topics']))
+    return LightVLAPolicy.from_settings(settings)
 
 
-def _qos_text(qos: QoSProfile) -> str:
-    return (f'{qos.reliability.name}, {qos.durability.name}, '
-            f'{qos.history.name} depth {qos.depth}')
-
-
-def _stamp_seconds(stamp: Any) -> float:
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
-
-
-def _stamp_text(stamp: Any) -> str:
-    return f'{int(stamp.sec)}.{int(stamp.nanosec):09d}'
-
-
-def _error_text(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + '...'
-
-
-@dataclass
-class _Stream:
-    """Remaining steps of the current chunk, streamed one per ``dt`` (EEF twists, gripper)."""
-
-    rows: deque
-    needs_stop: bool = False
-
-
-class LightVLANode(Node):
+class LightVLANode(LifecycleNode):
     """The LightVLA inference node (see the module docstring and the README's ROS section)."""
 
     def __init__(self, *, context: Any = None, policy_factory: PolicyFactory = load_policy,
                  node_name: str = NODE_NAME, namespace: str | None = None,
                  parameter_overrides: list[Parameter] | None = None) -> None:
-        super().__init__(node_name, context=context, namespace=namespace,
-                         parameter_overrides=parameter_overrides)
-        self._param_errors: list[str] = []
-        self._declare_parameters()
-        self._cfg: dict[str, Any] = {spec.name: self._read_param(spec) for spec in PARAMS}
+        super().__init__(node_name, context=context, namespace=namespace, parameter_overrides=parameter_overrides)
         self._policy_factory = policy_factory
-        self._policy: Any = None
-        self._policy_lock = threading.Lock()
+        self._params = NodeParameters(self, self._check_change, self._on_change)
+        cfg = self._params.config
+        self._health = NodeHealth.fresh(cfg, ModelInfo('unconfigured', cfg.checkpoint, cfg.device, cfg.dtype))
+        self._policy: Policy | None = None
+        self._policy_lock = threading.Lock()  # guards self._policy
+        self._inference_lock = threading.Lock()  # held while the worker uses the policy
+        self._output_lock = threading.Lock()  # publishing a chunk vs. deactivating
+        self._endpoints: Endpoints | None = None
+        self._actuator: Actuator | None = None
+        self._control_timer: Any = None
+        self._active = threading.Event()
         self._stop_event = threading.Event()
         self._wake = threading.Event()
-        self._stream_lock = threading.Lock()
-        self._stream = _Stream(deque())
-        self._waiting = 'the model to load'
         self._last_start = 0.0
         self._chunk_id = 0
-        self._input_error = ''
-        self._input_error_at: float | None = None
-        self._num_topics = len(self._cfg['camera_topics'])
-        self._frames = FrameStore(self._num_topics)
-        self._tracker = InstructionTracker(self._cfg['max_instruction_chars'],
-                                           tuple(self._cfg['stop_words']))
-        self._state = StateStore()
-        self._latency = RollingWindow(100)
-        self._pruning = PruningStats(method=self._cfg['pruning'],
-                                     max_kept_tokens=self._cfg['max_kept_tokens'])
-        self._actions = ActionCounters()
-        self._model = ModelInfo('loading', self._cfg['checkpoint'], self._cfg['device'],
-                                self._cfg['dtype'], stage='starting')
-        self._camera_events = [QosEvents() for _ in range(self._num_topics)]
-        self._instruction_events = QosEvents()
-
-        config_error = self._config_error()
-        self._create_outputs()
-        self._create_inputs()
-        self._diagnostics = Diagnostics(self, self._cfg['device'])
-        for task, fn in (('model', self._model_report), ('inputs', self._inputs_report),
-                         ('instruction', self._instruction_report),
-                         ('inference', self._inference_report), ('pruning', self._pruning_report),
-                         ('actions', self._actions_report)):
-            self._diagnostics.add(task, fn)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._diagnostics = Diagnostics(self, cfg.device)
+        NodeReports(lambda: self._health, lambda: self._params.config, lambda: self._endpoints, self._now,
+                    self._device_name).register(self._diagnostics)
         self._enable_srv = self.create_service(SetBool, '~/enable', self._on_enable)
-        self._stream_timer = self.create_timer(self._cfg['dt'], self._on_stream_tick)
-
-        self._worker = threading.Thread(target=self._run_worker, name='lightvla-inference',
-                                        daemon=True)
-        self._loader: threading.Thread | None = None
-        if config_error:
-            self._fail_model('unconfigured' if not self._cfg['checkpoint'] else 'failed',
-                             config_error)
-        else:
-            self._loader = threading.Thread(target=self._load_model, name='lightvla-loader',
-                                            daemon=True)
-            self._loader.start()
+        self._worker = threading.Thread(target=self._run_worker, name='lightvla-inference', daemon=True)
         self._worker.start()
+        self._autostart_timer = self.create_timer(0.0, self._autostart) if cfg.autostart else None
+        if not cfg.autostart:
+            self._health.waiting = 'configure (autostart is false: use a lifecycle manager or ros2 lifecycle set)'
 
-    # ------------------------------------------------------------------ parameters
+    # ------------------------------------------------------------------ state seen from outside
 
-    def _declare_parameters(self) -> None:
-        for spec in PARAMS:
-            descriptor = ParameterDescriptor(description=spec.description,
-                                             read_only=spec.read_only)
-            if spec.choices:
-                descriptor.additional_constraints = 'one of: ' + ', '.join(spec.choices)
-            if spec.min_value is not None:
-                if isinstance(spec.default, float):
-                    descriptor.floating_point_range = [FloatingPointRange(
-                        from_value=float(spec.min_value), to_value=float(spec.max_value))]
-                else:
-                    descriptor.integer_range = [IntegerRange(
-                        from_value=int(spec.min_value), to_value=int(spec.max_value), step=1)]
-            default = (_ARRAY_TYPES[spec.element]
-                       if isinstance(spec.default, list) and not spec.default else spec.default)
-            try:
-                self.declare_parameter(spec.name, default, descriptor)
-            except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-                # A mistyped or out-of-range value in the parameter file must not kill the node:
-                # keep the default and report the problem as a configuration error.
-                self.declare_parameter(spec.name, default, descriptor, ignore_override=True)
-                self._param_errors.append(f'parameter {spec.name}: {_error_text(exc)}')
+    @property
+    def config(self) -> NodeConfig:
+        return self._params.config
 
-    def _read_param(self, spec: ParamSpec) -> Any:
+    @property
+    def model_state(self) -> str:
+        """unconfigured, loading, ready or failed."""
+        return self._health.model.state
+
+    @property
+    def model_error(self) -> str:
+        """Why the model is unavailable ('' while loading or ready)."""
+        return self._health.model.error
+
+    @property
+    def health(self) -> NodeHealth:
+        return self._health
+
+    # ------------------------------------------------------------------ lifecycle transitions
+
+    def _autostart(self) -> None:
+        self.destroy_timer(self._autostart_timer)
+        if self.trigger_configure() == SUCCESS:
+            self.trigger_activate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        cfg = self._params.read()
+        self._health = NodeHealth.fresh(cfg, ModelInfo('loading', cfg.checkpoint, cfg.device, cfg.dtype,
+                                                       stage='validating parameters'))
+        problem = self._params.problem()
+        if problem:
+            self._fail_model('unconfigured' if not cfg.checkpoint else 'failed', problem)
+            return FAILURE
+        self._endpoints = Endpoints(self, cfg, self._on_image, self._on_instruction, self._on_state,
+                                    self._on_incompatible)
+        self._actuator = make_actuator(lambda: self._params.config, self._endpoints.publisher, self._health.actions,
+                                       self._stamp_now, self._health.state.measured_joints)
+        self._endpoints.active_instruction.publish(String(data=''))
+        with self._diagnostics.heartbeat():
+            policy = self._load(cfg)
+        if policy is None:
+            self._release_endpoints()
+            return FAILURE
+        with self._policy_lock:
+            self._policy = policy
+        self._control_timer = self.create_timer(cfg.dt, self._actuator.tick)
+        self._health.waiting = 'activation'
+        return SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._health.waiting = 'an instruction'
+        self._active.set()
+        self._wake.set()
+        self.get_logger().info('active: inferring on each fresh set of frames while an instruction is set')
+        return SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._output_lock:
+            self._active.clear()
+            self._actuator.stop()
+        self._health.waiting = 'activation'
+        self.get_logger().info('inactive: motion stopped, no inference')
+        return SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_model()
+        self._release_endpoints()
+        self._health.model.state, self._health.model.stage = 'unconfigured', ''
+        self._health.waiting = 'configure'
+        return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._active.is_set():
+            self.on_deactivate(state)
+        return self.on_cleanup(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self.on_shutdown(state)
+
+    def destroy_node(self) -> None:
+        """Stop the worker before the node's endpoints go away."""
+        self._stop_event.set()
+        self._wake.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+        super().destroy_node()
+
+    # ------------------------------------------------------------------ model loading and release
+
+    def _load(self, cfg: NodeConfig) -> Policy | None:
+        """Load and check the policy; None (reported) when it cannot be used."""
+        model, log = self._health.model, self.get_logger()
+        start = time.monotonic()
         try:
-            value = self.get_parameter(spec.name).value
-        except ParameterUninitializedException:
-            return list(spec.default) if isinstance(spec.default, list) else spec.default
-        return list(value) if isinstance(spec.default, list) else value
+            model.stage = f'loading checkpoint {cfg.checkpoint}'
+            log.info(f'loading model from {cfg.checkpoint} on {cfg.device} ...')
+            policy = self._policy_factory(cfg.policy_settings())
+            problem = self._model_mismatch(cfg, policy)
+            if problem:
+                policy.release()
+                self._fail_model('failed', problem)
+                return None
+            model.device, model.dtype = str(policy.device), str(policy.dtype)
+            self._diagnostics.set_hardware_id(policy.device_name)
+            if cfg.warmup:
+                model.stage = 'warming up'
+                log.info('warming up ...')
+                policy.warmup()
+        except Exception as exc:  # any load failure is reported; the node keeps running
+            self._fail_model('failed', error_text(exc))
+            return None
+        model.num_images, model.chunk_len = policy.num_images, policy.chunk_len
+        model.action_dim, model.use_proprio = policy.action_dim, bool(policy.use_proprio)
+        model.load_seconds = time.monotonic() - start
+        self._health.pruning.num_patches = policy.num_images * policy.patches_per_image
+        model.stage, model.state, model.error = 'done', 'ready', ''
+        log.info(f'model ready in {model.load_seconds:.1f} s on {policy.device} ({policy.dtype}); chunk '
+                 f'{policy.chunk_len}x{policy.action_dim}, {policy.num_images} camera(s)')
+        return policy
 
-    def _config_error(self) -> str:
-        """Why the read-only configuration cannot work, or '' (checked before loading)."""
-        cfg = self._cfg
-        if self._param_errors:
-            return '; '.join(self._param_errors)
-        for spec in PARAMS:
-            reason = validate_value(spec, cfg[spec.name])
-            if reason:
-                return 'invalid parameter ' + reason
-        if not cfg['checkpoint']:
-            return ('no checkpoint configured: set the checkpoint parameter '
-                    '(launch argument checkpoint:=/path/to/folder)')
-        if not cfg['camera_topics']:
-            return 'camera_topics is empty'
-        if cfg['camera_types'] and len(cfg['camera_types']) != len(cfg['camera_topics']):
-            return (f"camera_types has {len(cfg['camera_types'])} entries but camera_topics has "
-                    f"{len(cfg['camera_topics'])}")
-        if cfg['action_space'] == 'joint' and not cfg['joint_names']:
-            return 'action_space joint needs joint_names'
-        if len(cfg['action_lower']) != len(cfg['action_upper']):
-            return 'action_lower and action_upper must have the same length'
-        if not os.path.isdir(cfg['checkpoint']):
-            return f"checkpoint folder '{cfg['checkpoint']}' does not exist"
-        return ''
+    def _model_mismatch(self, cfg: NodeConfig, policy: Policy) -> str:
+        if policy.num_images != cfg.num_cameras:
+            return f'the checkpoint expects {policy.num_images} camera(s) but camera_topics lists {cfg.num_cameras}'
+        return (chunk_math.validate_limits(list(cfg.action_lower), list(cfg.action_upper), policy.action_dim)
+                or self._actuator.check(policy.action_dim))
 
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Validate run-time changes (all of them before applying any) and apply them."""
-        updates = {p.name: p.value for p in params if p.name in SPECS}
-        for name, value in updates.items():
-            reason = validate_value(SPECS[name], value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        if 'pruning' in updates or 'max_kept_tokens' in updates:
-            method = updates.get('pruning', self._cfg['pruning'])
-            cap = updates.get('max_kept_tokens', self._cfg['max_kept_tokens'])
+    def _fail_model(self, state: str, error: str) -> None:
+        model = self._health.model
+        model.state, model.error, model.stage = state, error, ''
+        self._health.waiting = 'a working model'
+        self.get_logger().error(f'model unavailable: {error}')
+
+    def _release_model(self) -> None:
+        """Drop the policy once no inference uses it, and give its memory back."""
+        with self._inference_lock, self._policy_lock:
+            policy, self._policy = self._policy, None
+        if policy is not None:
+            policy.release()
+            self.get_logger().info('model released')
+
+    def _release_endpoints(self) -> None:
+        if self._control_timer is not None:
+            self.destroy_timer(self._control_timer)
+            self._control_timer = None
+        if self._endpoints is not None:
+            self._endpoints.destroy()
+        self._endpoints, self._actuator = None, None
+
+    # ------------------------------------------------------------------ parameters and services
+
+    def _check_change(self, cfg: NodeConfig, updates: Mapping[str, Any]) -> str:
+        """Run-time changes the table cannot judge: the pruning the loaded checkpoint supports."""
+        if 'pruning' not in updates and 'max_kept_tokens' not in updates:
+            return ''
+        with self._policy_lock:
+            policy = self._policy
+        method = updates.get('pruning', cfg.pruning)
+        cap = updates.get('max_kept_tokens', cfg.max_kept_tokens)
+        return '' if policy is None else policy.check_pruning(method, cap or None)
+
+    def _on_change(self, cfg: NodeConfig, changed: set[str]) -> None:
+        if changed & {'pruning', 'max_kept_tokens'}:
             with self._policy_lock:
-                policy = self._policy
-            if policy is not None:
-                try:
-                    policy.set_pruning(method, cap or None)
-                except Exception as exc:  # the policy's own validation decides what is allowed
-                    return SetParametersResult(successful=False, reason=_error_text(exc))
-            self._pruning.method = method
-            self._pruning.max_kept_tokens = cap
-            self.get_logger().info(f'pruning set to {method} (max kept tokens: {cap or "no cap"})')
-        for name, value in updates.items():
-            self._cfg[name] = list(value) if isinstance(SPECS[name].default, list) else value
-        if updates.get('publish_actions') is False:
+                if self._policy is not None:
+                    self._policy.set_pruning(cfg.pruning, cfg.max_kept_tokens or None)
+            self._health.pruning.method, self._health.pruning.max_kept_tokens = cfg.pruning, cfg.max_kept_tokens
+            self.get_logger().info(f'pruning set to {cfg.pruning} (max kept tokens: {cfg.max_kept_tokens or "no cap"})')
+        if 'publish_actions' in changed and not cfg.publish_actions:
             self._stop_motion()
         self._wake.set()
-        return SetParametersResult(successful=True)
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         result = self.set_parameters([Parameter('publish_actions', value=bool(request.data))])[0]
@@ -273,183 +279,70 @@ class LightVLANode(Node):
         self.get_logger().info(f'~/enable: {response.message}')
         return response
 
-    # ------------------------------------------------------------------ endpoints
-
-    def _create_outputs(self) -> None:
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                              durability=DurabilityPolicy.VOLATILE,
-                              history=HistoryPolicy.KEEP_LAST)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        overrides = QoSOverridingOptions.with_default_policies()
-
-        def pub(msg_type: Any, topic: str, qos: QoSProfile = reliable) -> Any:
-            return self.create_publisher(msg_type, topic, qos, qos_overriding_options=overrides)
-
-        self._pub_chunk = pub(Float32MultiArray, 'action_chunk')
-        self._pub_info = pub(DiagnosticStatus, 'chunk_info')
-        self._pub_keep = pub(Float32, '~/keep_ratio')
-        self._pub_debug = pub(Image, '~/debug_image', QoSProfile(depth=2))
-        self._pub_active = pub(String, 'active_instruction', latched)
-        self._pub_gripper = pub(Float64, 'gripper')
-        if self._cfg['action_space'] == 'joint':
-            self._pub_traj = pub(JointTrajectory, 'joint_trajectory')
-        else:
-            self._pub_twist = pub(TwistStamped, 'ee_twist')
-            self._pub_path = pub(Path, 'ee_path')
-        self._pub_active.publish(String(data=''))
-
-    def _create_inputs(self) -> None:
-        overrides = QoSOverridingOptions.with_default_policies()
-        self._camera_subs = []
-        types = self._cfg['camera_types'] or ['raw'] * self._num_topics
-        for i, (topic, kind) in enumerate(zip(self._cfg['camera_topics'], types)):
-            events = self._camera_events[i]
-            callbacks = SubscriptionEventCallbacks(
-                incompatible_qos=lambda info, ev=events: self._on_incompatible(ev, info),
-                message_lost=lambda info, ev=events: setattr(ev, 'lost', int(info.total_count)))
-            msg_type = CompressedImage if kind == 'compressed' else Image
-            self._camera_subs.append(self.create_subscription(
-                msg_type, topic, lambda msg, index=i: self._on_image(index, msg),
-                qos_profile_sensor_data, event_callbacks=callbacks,
-                qos_overriding_options=overrides))
-        instruction_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                                     durability=DurabilityPolicy.VOLATILE)
-        self._instruction_sub = self.create_subscription(
-            String, self._cfg['instruction_topic'], self._on_instruction, instruction_qos,
-            event_callbacks=SubscriptionEventCallbacks(
-                incompatible_qos=lambda info: self._on_incompatible(self._instruction_events,
-                                                                    info)),
-            qos_overriding_options=overrides)
-        self._state_sub = None
-        source = self._cfg['state_source']
-        if source != 'none':
-            msg_type = JointState if source == 'joint_states' else Float32MultiArray
-            self._state_sub = self.create_subscription(
-                msg_type, self._cfg['state_topic'], self._on_state, qos_profile_sensor_data,
-                qos_overriding_options=overrides)
-
     # ------------------------------------------------------------------ callbacks
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    def _stamp_now(self) -> Any:
+        return self.get_clock().now().to_msg()
+
+    def _device_name(self) -> str:
+        with self._policy_lock:
+            return self._params.config.device if self._policy is None else self._policy.device_name
 
     def _on_incompatible(self, events: QosEvents, info: Any) -> None:
         events.incompatible = int(info.total_count)
         policy = getattr(info.last_policy_kind, 'name', str(info.last_policy_kind))
         events.last_policy = policy.removeprefix('RMW_QOS_POLICY_')
         events.last_incompatible_at = self._now()
-        self.get_logger().warning(
-            f'incompatible QoS publisher detected ({events.last_policy}); see /diagnostics')
+        self.get_logger().warning(f'incompatible QoS on a topic of this node ({events.last_policy}); '
+                                  'see /diagnostics')
 
     def _on_image(self, index: int, msg: Any) -> None:
-        self._frames.put(index, msg, _stamp_seconds(msg.header.stamp), self._now())
+        self._health.frames.put(index, msg, messages.stamp_seconds(msg.header.stamp), self._now())
         self._wake.set()
 
     def _on_instruction(self, msg: String) -> None:
-        event = self._tracker.update(msg.data, self._now())
+        event = self._health.tracker.update(msg.data, self._now())
         log = self.get_logger()
         if event.kind is InstructionEventKind.NEW:
             # The running chunk keeps streaming until the first chunk of the new task replaces
             # it: flushing would leave the robot without commands for a whole inference.
             log.info(f'new instruction (epoch {event.epoch}): "{event.text}"')
-            self._pub_active.publish(String(data=event.text or ''))
-        elif event.kind is InstructionEventKind.STOP:
-            log.info(f'instruction stop (epoch {event.epoch}): idle')
-            self._stop_motion()
-            self._pub_active.publish(String(data=''))
-        elif event.kind is InstructionEventKind.REJECTED:
-            log.warning(f'instruction rejected, going idle: {event.reason}')
-            self._stop_motion()
-            self._pub_active.publish(String(data=''))
+            self._endpoints.active_instruction.publish(String(data=event.text or ''))
+        elif event.kind in (InstructionEventKind.STOP, InstructionEventKind.REJECTED):
+            if event.kind is InstructionEventKind.STOP:
+                log.info(f'instruction stop (epoch {event.epoch}): idle')
+            else:
+                log.warning(f'instruction rejected, going idle: {event.reason}')
+            self._go_idle()
         self._wake.set()
 
     def _on_state(self, msg: Any) -> None:
-        now = self._now()
-        expected = self._model.use_proprio and self._proprio_dim()
+        now, cfg, store = self._now(), self._params.config, self._health.state
+        with self._policy_lock:
+            expected = self._policy.proprio_dim if self._policy is not None and self._policy.use_proprio else None
         try:
             if isinstance(msg, JointState):
-                self._state.remember_joints(msg.name, msg.position)
-                vector = state_from_joint_state(msg.name, msg.position,
-                                                self._cfg['state_joint_names'])
-                stamp = _stamp_seconds(msg.header.stamp) or now
+                store.remember_joints(msg.name, msg.position)
+                vector = state_from_joint_state(msg.name, msg.position, cfg.state_joint_names)
+                stamp = messages.stamp_seconds(msg.header.stamp) or now
             else:
-                vector = state_from_array(msg.data, self._cfg['state_indices'])
-                stamp = now
-            self._state.put(vector, stamp, expected or None)
+                vector, stamp = state_from_array(msg.data, cfg.state_indices), now
+            store.put(vector, stamp, expected)
         except StateError as exc:
-            self._state.record_error(str(exc), now)
+            store.record_error(str(exc), now)
             self.get_logger().warning(f'state rejected: {exc}', throttle_duration_sec=5.0)
 
-    def _proprio_dim(self) -> int | None:
-        with self._policy_lock:
-            policy = self._policy
-        return None if policy is None else getattr(policy, 'proprio_dim', None)
+    def _go_idle(self) -> None:
+        self._stop_motion()
+        if self._endpoints is not None:
+            self._endpoints.active_instruction.publish(String(data=''))
 
-    # ------------------------------------------------------------------ model loading
-
-    def _load_model(self) -> None:
-        start = time.monotonic()
-        settings = dict(self._cfg)
-        log = self.get_logger()
-        try:
-            self._model.stage = f"loading checkpoint {settings['checkpoint']}"
-            log.info(f"loading model from {settings['checkpoint']} on {settings['device']} ...")
-            policy = self._policy_factory(settings)
-            problem = self._model_mismatch(policy)
-            if problem:
-                self._fail_model('failed', problem)
-                return
-            self._model.device = str(policy.device)
-            self._model.dtype = str(policy.dtype)
-            self._diagnostics.set_hardware_id(str(getattr(policy, 'device_name', policy.device)))
-            if settings['warmup']:
-                self._model.stage = 'warming up'
-                log.info('warming up ...')
-                policy.warmup()
-            wanted = (self._cfg['pruning'], self._cfg['max_kept_tokens'])
-            if wanted != (settings['pruning'], settings['max_kept_tokens']):
-                policy.set_pruning(wanted[0], wanted[1] or None)  # changed while loading
-        except Exception as exc:  # any load failure is reported; the node keeps running
-            self._fail_model('failed', _error_text(exc))
-            return
-        model = self._model
-        model.num_images, model.chunk_len = policy.num_images, policy.chunk_len
-        model.action_dim, model.use_proprio = policy.action_dim, bool(policy.use_proprio)
-        model.load_seconds = time.monotonic() - start
-        self._pruning.num_patches = policy.num_images * getattr(policy, 'patches_per_image', 256)
-        with self._policy_lock:
-            self._policy = policy
-        model.stage, model.state = 'done', 'ready'
-        self._waiting = 'an instruction'
-        log.info(f'model ready in {model.load_seconds:.1f} s on {policy.device} '
-                 f'({policy.dtype}); chunk {policy.chunk_len}x{policy.action_dim}, '
-                 f'{policy.num_images} camera(s)')
-        self._wake.set()
-
-    def _model_mismatch(self, policy: Any) -> str:
-        cfg = self._cfg
-        if policy.num_images != self._num_topics:
-            return (f'the checkpoint expects {policy.num_images} camera(s) but camera_topics '
-                    f'lists {self._num_topics}')
-        limits_error = chunk_math.validate_limits(cfg['action_lower'], cfg['action_upper'],
-                                                  policy.action_dim)
-        if limits_error:
-            return limits_error
-        if cfg['gripper_index'] >= policy.action_dim:
-            return f"gripper_index {cfg['gripper_index']} >= action dims {policy.action_dim}"
-        if cfg['action_space'] == 'joint' and len(cfg['joint_names']) > policy.action_dim:
-            return (f"{len(cfg['joint_names'])} joint_names but only {policy.action_dim} "
-                    'action dims')
-        if cfg['action_space'] == 'eef_delta' and policy.action_dim < 6:
-            return (f'action_space eef_delta needs >= 6 action dims, the model has '
-                    f'{policy.action_dim}')
-        return ''
-
-    def _fail_model(self, state: str, error: str) -> None:
-        self._model.state, self._model.error, self._model.stage = state, error, ''
-        self._waiting = 'a working model'
-        self.get_logger().error(f'model unavailable: {error}')
+    def _stop_motion(self) -> None:
+        if self._actuator is not None:
+            self._actuator.stop()
 
     # ------------------------------------------------------------------ inference worker
 
@@ -457,47 +350,49 @@ class LightVLANode(Node):
         while not self._stop_event.is_set():
             self._wake.wait(0.05)
             self._wake.clear()
+            if not self._active.is_set():
+                continue
             try:
-                self._step()
+                with self._inference_lock:
+                    self._step()
             except Exception as exc:  # keep the worker alive whatever one step does
-                self.get_logger().error(f'inference step failed: {_error_text(exc)}',
-                                        throttle_duration_sec=5.0)
+                if self._stop_event.is_set() or not self.context.ok():
+                    return  # shutting down: the context is gone, so there is nothing to publish or log to
+                self.get_logger().error(f'inference step failed: {error_text(exc)}', throttle_duration_sec=5.0)
 
     def _step(self) -> None:
         with self._policy_lock:
             policy = self._policy
         if policy is None:
             return
-        now = self._now()
-        task = self._tracker.snapshot()
-        timeout = self._cfg['instruction_timeout']
-        if task.text is not None and timeout > 0 and task.refreshed_at is not None \
-                and now - task.refreshed_at > timeout:
-            self._tracker.stop(f'instruction not refreshed for {timeout:.1f} s')
-            self.get_logger().info(f'instruction not refreshed for {timeout:.1f} s; idle')
-            self._stop_motion()
-            self._pub_active.publish(String(data=''))
+        cfg, health, now = self._params.config, self._health, self._now()
+        task = health.tracker.snapshot()
+        if (task.text is not None and cfg.instruction_timeout > 0 and task.refreshed_at is not None
+                and now - task.refreshed_at > cfg.instruction_timeout):
+            health.tracker.stop(f'instruction not refreshed for {cfg.instruction_timeout:.1f} s')
+            self.get_logger().info(f'instruction not refreshed for {cfg.instruction_timeout:.1f} s; idle')
+            self._go_idle()
             return
-        self._frames.active = task.text is not None
+        health.frames.active = task.text is not None
         if task.text is None:
-            self._waiting = 'an instruction'
+            health.waiting = 'an instruction'
             return
-        wait = self._cfg['inference_period'] - (time.monotonic() - self._last_start)
+        wait = cfg.inference_period - (time.monotonic() - self._last_start)
         if wait > 0:
             self._stop_event.wait(min(wait, 0.05))
             self._wake.set()
             return
-        proprio = self._proprio(policy, now)
+        proprio = self._proprio(policy, cfg, now)
         if proprio is False:
             return
-        taken = self._frames.take(now, self._cfg['sync_tolerance'], self._cfg['max_image_age'])
+        taken = health.frames.take(now, cfg.sync_tolerance, cfg.max_image_age)
         if isinstance(taken, str):
-            self._waiting = taken
+            health.waiting = taken
             return
-        images = self._decode(taken, now)
+        images = self._decode(taken, cfg, now)
         if images is None:
             return
-        self._waiting = ''
+        health.waiting = ''
         self._last_start = time.monotonic()
         try:
             output = policy.predict(images, task.text, proprio)
@@ -505,350 +400,136 @@ class LightVLANode(Node):
             self._inference_failed(exc, now)
             return
         latency_s = time.monotonic() - self._last_start
-        self._model.last_success_at = self._now()
-        if self._tracker.epoch != task.epoch:
-            self._actions.discarded_epoch += 1
-            self.get_logger().info(f'discarded a result for the previous instruction '
-                                   f'(epoch {task.epoch})')
+        health.model.last_success_at = self._now()
+        if health.tracker.epoch != task.epoch:
+            health.actions.discarded_epoch += 1
+            self.get_logger().info(f'discarded a result for the previous instruction (epoch {task.epoch})')
             return
-        self._publish_output(output, taken, task.text, task.epoch, latency_s, images)
+        with self._output_lock:
+            if self._active.is_set():
+                self._publish_output(output, taken, task.text, task.epoch, latency_s, images)
         self._wake.set()
 
-    def _decode(self, frameset: FrameSet, now: float) -> list[np.ndarray] | None:
-        types = self._cfg['camera_types'] or ['raw'] * self._num_topics
+    def _decode(self, frameset: FrameSet, cfg: NodeConfig, now: float) -> list[np.ndarray] | None:
         images = []
         for i, frame in enumerate(frameset.frames):
             try:
-                images.append(decode_image(frame.msg, types[i] == 'compressed'))
+                images.append(decode_image(frame.msg, cfg.camera_kinds[i] == 'compressed'))
             except ImageDecodeError as exc:
-                topic = self._camera_subs[i].topic_name
-                self._frames.record_error(i, str(exc), now)
-                self.get_logger().warning(f'frame from {topic} rejected: {exc}',
+                self._health.frames.record_error(i, str(exc), now)
+                self.get_logger().warning(f'frame from {cfg.camera_topics[i]} rejected: {exc}',
                                           throttle_duration_sec=5.0)
                 return None
         return images
 
-    def _proprio(self, policy: Any, now: float) -> np.ndarray | None | bool:
+    def _proprio(self, policy: Policy, cfg: NodeConfig, now: float) -> np.ndarray | None | bool:
         """The state vector, None when the model takes none, False when inference must wait."""
         if not policy.use_proprio:
             return None
-        sample = self._state.latest()
-        if sample is not None and now - sample.stamp <= self._cfg['max_state_age']:
+        sample = self._health.state.latest()
+        if sample is not None and now - sample.stamp <= cfg.max_state_age:
             return sample.vector
-        if self._cfg['missing_state'] == 'zeros':
+        if cfg.missing_state == 'zeros':
             return np.zeros(int(policy.proprio_dim), dtype=np.float32)
-        self._waiting = f"a valid state on {self._cfg['state_topic']}"
+        self._health.waiting = f'a valid state on {cfg.state_topic}'
         return False
 
     def _inference_failed(self, exc: Exception, now: float) -> None:
         """Sort a failed prediction into bad input (WARN), non-finite output or a model fault."""
-        try:
-            from lightvla_ros.model.errors import InputError
-        except ImportError:
-            input_error = False
-        else:
-            input_error = isinstance(exc, InputError)
-        text = _error_text(exc)
-        if input_error:
-            self._input_error, self._input_error_at = text, now
-            self.get_logger().warning(f'input rejected by the model: {text}',
-                                      throttle_duration_sec=5.0)
+        from lightvla_ros.model.errors import InputError
+
+        text, health = error_text(exc), self._health
+        if isinstance(exc, InputError):
+            health.input_error, health.input_error_at = text, now
+            self.get_logger().warning(f'input rejected by the model: {text}', throttle_duration_sec=5.0)
         elif isinstance(exc, FloatingPointError):
             self._reject_nonfinite(now)
         else:
-            self._model.inference_errors += 1
-            self._model.last_inference_error = text
-            self._model.last_inference_error_at = self._now()
+            health.model.inference_errors += 1
+            health.model.last_inference_error, health.model.last_inference_error_at = text, self._now()
             self.get_logger().error(f'inference failed: {text}', throttle_duration_sec=5.0)
 
     def _reject_nonfinite(self, now: float) -> None:
-        counters = self._actions
+        counters = self._health.actions
         counters.rejected_nonfinite += 1
-        counters.nonfinite_since_last_good = True
-        counters.last_nonfinite_at = now
-        self.get_logger().error('model produced a non-finite action chunk; not published',
-                                throttle_duration_sec=5.0)
+        counters.nonfinite_since_last_good, counters.last_nonfinite_at = True, now
+        self.get_logger().error('model produced a non-finite action chunk; not published', throttle_duration_sec=5.0)
 
     # ------------------------------------------------------------------ publishing
 
-    def _publish_output(self, output: Any, frameset: FrameSet, text: str, epoch: int,
-                        latency_s: float, images: list[np.ndarray]) -> None:
-        now = self._now()
+    def _publish_output(self, output: PolicyOutput, frameset: FrameSet, text: str, epoch: int, latency_s: float,
+                        images: list[np.ndarray]) -> None:
+        """Publish every computed chunk; execute only the steps whose time has not passed yet."""
+        cfg, health, now = self._params.config, self._health, self._now()
         self._record_stats(output, latency_s, now)
         actions = np.asarray(output.actions, dtype=np.float32)
-        counters = self._actions
+        counters = health.actions
         if actions.ndim != 2 or not chunk_math.all_finite(actions):
             self._reject_nonfinite(now)
             return
-        clip = chunk_math.clip_actions(actions, self._cfg['action_lower'],
-                                       self._cfg['action_upper'])
-        dt = self._cfg['dt']
-        trimmed = chunk_math.elapsed_steps(frameset.obs_stamp, now, dt)
+        clip = chunk_math.clip_actions(actions, list(cfg.action_lower), list(cfg.action_upper))
+        trimmed = chunk_math.elapsed_steps(frameset.obs_stamp, now, cfg.dt)
         remaining = chunk_math.trim_chunk(clip.actions, trimmed)
-        counters.trimmed_steps_last = min(trimmed, len(actions))
-        counters.nonfinite_since_last_good = False
-        if len(remaining) == 0:
-            counters.stale += 1
-            self.get_logger().warning(
-                f'chunk stale on arrival: {now - frameset.obs_stamp:.3f} s after the observation '
-                f'covers all {len(actions)} steps of {dt} s; not published',
-                throttle_duration_sec=5.0)
-            return
+        counters.trimmed_steps_last, counters.nonfinite_since_last_good = min(trimmed, len(actions)), False
         if clip.clipped_elements:
             counters.clipped_chunks += 1
             counters.clipped_elements += clip.clipped_elements
         self._chunk_id += 1
-        stamp_msg = self.get_clock().now().to_msg()
-        self._pub_chunk.publish(self._chunk_msg(clip.actions))
-        self._pub_info.publish(self._chunk_info(output, frameset, text, epoch, latency_s,
-                                                trimmed, len(remaining), clip.clipped_elements,
-                                                stamp_msg))
-        self._pub_keep.publish(Float32(data=float(output.keep_ratio)))
+        stamp = self._stamp_now()
+        endpoints = self._endpoints
+        endpoints.chunk.publish(messages.chunk_msg(clip.actions))
+        endpoints.chunk_info.publish(self._chunk_info(output, frameset, text, epoch, latency_s, trimmed,
+                                                      len(remaining), clip.clipped_elements, stamp))
+        endpoints.keep_ratio.publish(Float32(data=float(output.keep_ratio)))
         counters.published += 1
         counters.last_published_at = now
-        if self._cfg['action_space'] == 'joint':
-            self._publish_joint(remaining, stamp_msg)
+        if len(remaining):
+            counters.last_fresh_at = now
+            self._actuator.execute(remaining, stamp)
         else:
-            self._pub_path.publish(self._path_msg(remaining, stamp_msg))
-        self._queue_stream(remaining)
-        if self._cfg['debug_image'] and self._pub_debug.get_subscription_count() > 0:
-            self._publish_debug(output, images, frameset)
+            counters.stale += 1
+            counters.last_stale_at = now
+            self.get_logger().warning(
+                f'chunk {self._chunk_id} too late to execute: {now - frameset.obs_stamp:.3f} s after the observation '
+                f'all {len(actions)} steps of {cfg.dt} s have elapsed; published on action_chunk, not executed',
+                throttle_duration_sec=5.0)
+        if cfg.debug_image and endpoints.debug_image.get_subscription_count() > 0:
+            endpoints.debug_image.publish(messages.debug_image_msg(output, images, frameset.frames[0].msg.header,
+                                                                   cfg.center_crop))
 
-    def _record_stats(self, output: Any, latency_s: float, now: float) -> None:
-        self._latency.add(latency_s * 1000.0, now)
-        stats = self._pruning
+    def _record_stats(self, output: PolicyOutput, latency_s: float, now: float) -> None:
+        self._health.latency.add(latency_s * 1000.0, now)
+        stats = self._health.pruning
         stats.kept.add(output.num_kept, now)
         stats.keep_ratio.add(output.keep_ratio, now)
         stats.num_patches = int(output.num_patches)
-        flops = getattr(output, 'flops', {}) or {}
-        if 'saved_fraction' in flops:
-            stats.flops_saved.add(flops['saved_fraction'], now)
-        if 'total' in flops:
-            stats.gflops.add(flops['total'] / 1e9, now)
+        if 'saved_fraction' in output.flops:
+            stats.flops_saved.add(output.flops['saved_fraction'], now)
+        if 'total' in output.flops:
+            stats.gflops.add(output.flops['total'] / 1e9, now)
 
-    def _chunk_msg(self, actions: np.ndarray) -> Float32MultiArray:
-        msg = Float32MultiArray()
-        for label, size, stride in chunk_math.multiarray_layout(actions.shape, ('steps', 'dims')):
-            msg.layout.dim.append(MultiArrayDimension(label=label, size=size, stride=stride))
-        msg.layout.data_offset = 0
-        msg.data = np.ascontiguousarray(actions, dtype=np.float32).reshape(-1)
-        return msg
+    def _chunk_info(self, output: PolicyOutput, frameset: FrameSet, text: str, epoch: int, latency_s: float,
+                    trimmed: int, remaining: int, clipped: int, stamp: Any) -> Any:
+        cfg = self._params.config
 
-    def _chunk_info(self, output: Any, frameset: FrameSet, text: str, epoch: int,
-                    latency_s: float, trimmed: int, remaining: int, clipped: int,
-                    stamp_msg: Any) -> DiagnosticStatus:
-        oldest = min(frameset.frames, key=lambda f: f.stamp)
-        obs = (_stamp_text(oldest.msg.header.stamp) if oldest.stamped
-               else f'{oldest.stamp:.9f}')
-        flops = getattr(output, 'flops', {}) or {}
+        def frame_stamp(frame: Any) -> str:
+            return messages.stamp_text(frame.msg.header.stamp) if frame.stamped else f'{frame.stamp:.9f}'
+
         values = {
-            'chunk_id': str(self._chunk_id), 'instruction': text,
-            'instruction_epoch': str(epoch), 'obs_stamp': obs,
-            'camera_stamps': ' '.join(_stamp_text(f.msg.header.stamp) if f.stamped
-                                      else f'{f.stamp:.9f}' for f in frameset.frames),
-            'camera_spread_ms': f'{frameset.spread * 1000:.3f}',
-            'publish_stamp': _stamp_text(stamp_msg), 'latency_ms': f'{latency_s * 1000:.3f}',
-            'steps': str(int(output.actions.shape[0])), 'dims': str(int(output.actions.shape[1])),
-            'dt': repr(self._cfg['dt']), 'trimmed_steps': str(trimmed),
-            'remaining_steps': str(remaining), 'clipped_elements': str(clipped),
-            'kept_tokens': str(int(output.num_kept)), 'total_tokens': str(int(output.num_patches)),
-            'keep_ratio': f'{float(output.keep_ratio):.6f}',
-            'flops_saved_fraction': f"{float(flops.get('saved_fraction', 0.0)):.6f}",
-            'pruning': self._pruning.method,
-            'actuation': str(bool(self._cfg['publish_actions'])),
+            'chunk_id': str(self._chunk_id), 'instruction': text, 'instruction_epoch': str(epoch),
+            'obs_stamp': frame_stamp(min(frameset.frames, key=lambda f: f.stamp)),
+            'camera_stamps': ' '.join(frame_stamp(f) for f in frameset.frames),
+            'camera_spread_ms': f'{frameset.spread * 1000:.3f}', 'publish_stamp': messages.stamp_text(stamp),
+            'latency_ms': f'{latency_s * 1000:.3f}', 'steps': str(int(output.actions.shape[0])),
+            'dims': str(int(output.actions.shape[1])), 'dt': repr(cfg.dt), 'trimmed_steps': str(trimmed),
+            'remaining_steps': str(remaining), 'executable': str(remaining > 0),
+            'clipped_elements': str(clipped), 'kept_tokens': str(int(output.num_kept)),
+            'total_tokens': str(int(output.num_patches)), 'keep_ratio': f'{float(output.keep_ratio):.6f}',
+            'flops_saved_fraction': f"{float(output.flops.get('saved_fraction', 0.0)):.6f}",
+            'pruning': self._health.pruning.method, 'actuation': str(cfg.publish_actions),
         }
-        return DiagnosticStatus(
-            level=DiagnosticStatus.OK, name=f'{self.get_name()}: chunk {self._chunk_id}',
-            message=f'chunk {self._chunk_id} for "{text}"',
-            hardware_id=str(self._model.device),
-            values=[KeyValue(key=k, value=v) for k, v in values.items()])
-
-    def _publish_joint(self, remaining: np.ndarray, stamp_msg: Any) -> None:
-        if not self._cfg['publish_actions']:
-            self._actions.gated += 1
-            return
-        names = list(self._cfg['joint_names'])
-        positions = remaining[:, :len(names)].astype(np.float64)
-        dt = self._cfg['dt']
-        velocities = chunk_math.fill_velocities(positions, dt)
-        msg = JointTrajectory(joint_names=names)
-        msg.header.stamp = stamp_msg
-        for j, (pos, vel) in enumerate(zip(positions, velocities)):
-            msg.points.append(JointTrajectoryPoint(
-                positions=pos.tolist(), velocities=vel.tolist(),
-                time_from_start=Duration(seconds=(j + 1) * dt).to_msg()))
-        self._pub_traj.publish(msg)
-
-    def _path_msg(self, remaining: np.ndarray, stamp_msg: Any) -> Path:
-        msg = Path()
-        msg.header.stamp = stamp_msg
-        msg.header.frame_id = self._cfg['frame_id']
-        poses = chunk_math.integrate_eef_deltas(remaining[:, :6], self._cfg['linear_scale'],
-                                                self._cfg['angular_scale'])
-        for pos, quat in poses:
-            pose = PoseStamped()
-            pose.header = msg.header
-            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, pos)
-            (pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z,
-             pose.pose.orientation.w) = quat
-            msg.poses.append(pose)
-        return msg
-
-    def _publish_debug(self, output: Any, images: list[np.ndarray], frameset: FrameSet) -> None:
-        grid = int(getattr(output, 'grid_size', 0)) or int(math.isqrt(output.patches_per_image))
-        overlay = render_token_overlay(images, np.asarray(output.kept_patch_indices),
-                                       int(output.patches_per_image), grid,
-                                       center_crop=bool(self._cfg['center_crop']))
-        msg = Image(**encode_rgb_fields(overlay))
-        msg.header = frameset.frames[0].msg.header
-        self._pub_debug.publish(msg)
-
-    # ------------------------------------------------------------------ streaming and stopping
-
-    def _queue_stream(self, remaining: np.ndarray) -> None:
-        if not self._cfg['publish_actions']:
-            self._actions.gated += 1
-            return
-        with self._stream_lock:
-            self._stream.rows = deque(remaining.astype(np.float64))
-            self._stream.needs_stop = True
-
-    def _on_stream_tick(self) -> None:
-        with self._stream_lock:
-            row = self._stream.rows.popleft() if self._stream.rows else None
-            stop = row is None and self._stream.needs_stop
-            if stop:
-                self._stream.needs_stop = False
-        if row is None:
-            if stop and self._cfg['action_space'] == 'eef_delta':
-                self._publish_twist(np.zeros(6))
-            return
-        if not self._cfg['publish_actions']:
-            return
-        if self._cfg['action_space'] == 'eef_delta':
-            self._publish_twist(row)
-        gripper = self._cfg['gripper_index']
-        if gripper >= 0:
-            self._pub_gripper.publish(Float64(data=float(row[gripper])))
-        self._actions.steps_streamed += 1
-
-    def _publish_twist(self, row: np.ndarray) -> None:
-        linear, angular = chunk_math.delta_to_twist(row, self._cfg['linear_scale'],
-                                                    self._cfg['angular_scale'], self._cfg['dt'])
-        msg = TwistStamped()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.header.frame_id = self._cfg['frame_id']
-        msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = map(float, linear)
-        msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = map(float, angular)
-        self._pub_twist.publish(msg)
-
-    def _stop_motion(self) -> None:
-        """Drop queued steps and command a stop: a zero twist, or a hold at the measured joints."""
-        with self._stream_lock:
-            had_motion = bool(self._stream.rows) or self._stream.needs_stop
-            self._stream.rows.clear()
-            self._stream.needs_stop = False
-        if not had_motion:
-            return
-        if self._cfg['action_space'] == 'eef_delta':
-            self._publish_twist(np.zeros(6))
-            return
-        names = list(self._cfg['joint_names'])
-        index = {name: i for i, name in enumerate(self._state.names)}
-        if names and all(name in index for name in names):
-            hold = JointTrajectory(joint_names=names)
-            hold.header.stamp = self.get_clock().now().to_msg()
-            hold.points.append(JointTrajectoryPoint(
-                positions=[self._state.raw_positions[index[n]] for n in names],
-                velocities=[0.0] * len(names),
-                time_from_start=Duration(seconds=self._cfg['dt']).to_msg()))
-            self._pub_traj.publish(hold)
-
-    # ------------------------------------------------------------------ diagnostics tasks
-
-    def _model_report(self) -> StatusReport:
-        return model_status(self._model)
-
-    def _inputs_report(self) -> StatusReport:
-        now = self._now()
-        types = self._cfg['camera_types'] or ['raw'] * self._num_topics
-        cameras = [CameraReport(sub.topic_name, types[i], _qos_text(sub.qos_profile),
-                                sub.get_publisher_count(), self._frames.counters[i],
-                                self._camera_events[i])
-                   for i, sub in enumerate(self._camera_subs)]
-        state = None
-        source = self._cfg['state_source']
-        if self._model.use_proprio is not False:
-            sample = self._state.latest()
-            state = StateReport(
-                source=source,
-                topic=self._state_sub.topic_name if self._state_sub else '',
-                required=bool(self._model.use_proprio), fallback=self._cfg['missing_state'],
-                publishers=self._state_sub.get_publisher_count() if self._state_sub else 0,
-                received=self._state.received, rejected=self._state.rejected,
-                last_error=self._state.last_error, last_error_at=self._state.last_error_at,
-                age=None if sample is None or now - sample.stamp > self._cfg['max_state_age']
-                else now - sample.stamp)
-        report = inputs_status(cameras, state, now, self._cfg['camera_timeout'],
-                               self._frames.sync_problem, self._frames.sync_failures)
-        if self._input_error_at is not None and now - self._input_error_at <= 10.0:
-            message = f'input rejected by the model: {self._input_error}'
-            if report.level:
-                message = report.message + '; ' + message
-            return StatusReport(max(report.level, 1), message,
-                                report.values + [('last model input error', self._input_error)])
-        return report
-
-    def _instruction_report(self) -> StatusReport:
-        now = self._now()
-        task = self._tracker.snapshot()
-        return instruction_status(InstructionReport(
-            topic=self._instruction_sub.topic_name, text=task.text, epoch=task.epoch,
-            age=None if task.received_at is None else now - task.received_at,
-            repeats=self._tracker.repeats, rejected=self._tracker.rejected,
-            last_rejection=self._tracker.last_rejection,
-            publishers=self._instruction_sub.get_publisher_count(),
-            events=self._instruction_events, qos=_qos_text(self._instruction_sub.qos_profile)),
-            now)
-
-    def _inference_report(self) -> StatusReport:
-        budget = self._cfg['latency_budget'] or (self._model.chunk_len or 0) * self._cfg['dt']
-        return inference_status(self._latency, budget * 1000.0, self._now(),
-                                self._diagnostics_device(), self._model.dtype, self._waiting)
-
-    def _diagnostics_device(self) -> str:
-        with self._policy_lock:
-            policy = self._policy
-        if policy is None:
-            return self._cfg['device']
-        return str(getattr(policy, 'device_name', policy.device))
-
-    def _pruning_report(self) -> StatusReport:
-        return pruning_status(self._pruning)
-
-    def _actions_report(self) -> StatusReport:
-        return actions_status(self._actions, self._now(), bool(self._cfg['publish_actions']),
-                              self._cfg['action_space'])
-
-    # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def model_state(self) -> str:
-        """unconfigured, loading, ready or failed."""
-        return self._model.state
-
-    @property
-    def model_error(self) -> str:
-        """Why the model is unavailable ('' while loading or ready)."""
-        return self._model.error
-
-    def destroy_node(self) -> None:
-        """Stop the worker before the node's endpoints go away."""
-        self._stop_event.set()
-        self._wake.set()
-        if self._worker.is_alive():
-            self._worker.join(timeout=10.0)
-        super().destroy_node()
+        return messages.chunk_info_msg(f'{self.get_name()}: chunk {self._chunk_id}', f'chunk {self._chunk_id} for '
+                                       f'"{text}"', str(self._health.model.device), values)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,8 +1,9 @@
 """Action-chunk arithmetic: safety guards, trimming, velocities, array layout and EEF integration.
 
-Timing convention: step ``k`` of a chunk belongs to the interval that starts ``k * dt`` after the
-observation. When the chunk is ready at ``now`` the steps whose interval already started are
-trimmed (the robot lived through them while the model was running, executing the previous chunk).
+Timing convention: step ``k`` of a chunk belongs to the interval ``[k * dt, (k + 1) * dt)`` after the
+observation. When the chunk is ready at ``now`` the steps whose interval has ended are trimmed (the robot
+lived through them while the model was running, executing the previous chunk); the step in progress is
+still executed. A chunk of ``n`` steps is stale once ``n * dt`` have passed since its observation.
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ def clip_actions(actions: np.ndarray, lower: list[float], upper: list[float]) ->
 
 
 def elapsed_steps(obs_time: float, now: float, dt: float) -> int:
-    """Number of chunk steps whose interval has started between the observation and ``now``."""
+    """Number of chunk steps whose interval ended between the observation and ``now``."""
     if dt <= 0:
         raise ValueError('dt must be positive')
     elapsed = max(0.0, now - obs_time)
-    return int(math.ceil(elapsed / dt - 1e-9))
+    return int(math.floor(elapsed / dt + 1e-9))
 
 
 def trim_chunk(actions: np.ndarray, steps: int) -> np.ndarray:

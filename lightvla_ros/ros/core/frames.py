@@ -37,6 +37,9 @@ class CameraCounters:
     last_error_at: float | None = None
     last_received: float | None = None
     last_stamp: float | None = None
+    # Node clock minus header stamp of the last stamped frame: positive when stamps lag behind, negative when they
+    # are ahead (a camera clock that is off, or one node on sim time and the other not).
+    last_skew: float | None = None
     arrivals: deque = field(default_factory=lambda: deque(maxlen=50))
 
     def rate(self, now: float) -> float:
@@ -65,8 +68,9 @@ class FrameStore:
         self.counters = [CameraCounters() for _ in range(num_cameras)]
         # While idle nobody consumes frames, so overwriting one is not a drop.
         self.active = True
-        # Why the last attempt to match cameras failed, until a matched set is taken.
+        # Why the last attempt to match cameras failed and when; cleared when a matched set is taken.
         self.sync_problem = ''
+        self.sync_problem_at: float | None = None
         self.sync_failures = 0
 
     @property
@@ -87,6 +91,8 @@ class FrameStore:
             counters.unstamped += 0 if stamped else 1
             counters.last_received = received
             counters.last_stamp = frame.stamp
+            if stamped:
+                counters.last_skew = received - stamp
             counters.arrivals.append(received)
 
     def take(self, now: float, tolerance: float, max_age: float) -> FrameSet | str:
@@ -116,11 +122,12 @@ class FrameStore:
                 self.sync_failures += 1
                 self.sync_problem = (f'camera stamps differ by {spread * 1000:.0f} ms '
                                      f'(sync_tolerance {tolerance * 1000:.0f} ms)')
+                self.sync_problem_at = now
                 return self.sync_problem
             for i in range(len(self._latest)):
                 self._latest[i] = None
                 self.counters[i].used += 1
-            self.sync_problem = ''
+            self.sync_problem, self.sync_problem_at = '', None
             return FrameSet(frames, min(stamps), spread)
 
     def record_error(self, index: int, reason: str, now: float) -> None:

@@ -90,6 +90,14 @@ class StateStore:
             self.names = tuple(names)
             self.raw_positions = tuple(float(p) for p in positions)
 
+    def measured_joints(self, names: Sequence[str]) -> list[float] | None:
+        """The last measured positions of ``names`` in that order, or None when any of them is unknown."""
+        with self._lock:
+            index = {name: i for i, name in enumerate(self.names)}
+            if not names or not all(name in index for name in names):
+                return None
+            return [self.raw_positions[index[name]] for name in names]
+
     def latest(self) -> StateSample | None:
         """The latest valid state, or None."""
         with self._lock:

@@ -69,6 +69,8 @@ class ActionCounters:
     steps_streamed: int = 0
     gated: int = 0
     last_published_at: float | None = None
+    last_fresh_at: float | None = None  # last chunk with steps left to execute
+    last_stale_at: float | None = None  # last chunk whose steps had all elapsed
     last_nonfinite_at: float | None = None
     nonfinite_since_last_good: bool = False
 

@@ -51,7 +51,7 @@ def _combine(problems: list[tuple[int, str]], ok_message: str) -> tuple[int, str
 class ModelInfo:
     """What the diagnostics say about the model."""
 
-    state: str  # unconfigured | loading | ready | failed
+    state: str  # unconfigured | loading | ready | failed (unconfigured with an error: configure failed)
     checkpoint: str
     device: str
     dtype: str
@@ -86,7 +86,9 @@ def model_status(info: ModelInfo) -> StatusReport:
     if info.state == 'failed':
         return StatusReport(ERROR, f'model failed to load: {info.error}', values)
     if info.state == 'unconfigured':
-        return StatusReport(ERROR, info.error or 'no checkpoint configured', values)
+        if info.error:
+            return StatusReport(ERROR, info.error, values)
+        return StatusReport(OK, 'unconfigured: waiting for the configure transition', values)
     if info.state == 'loading':
         return StatusReport(OK, f'loading model: {info.stage}', values)
     failing = info.last_inference_error_at is not None and (
@@ -134,9 +136,23 @@ class StateReport:
     age: float | None
 
 
-def describe_incompatible_qos(topic: str, policy: str, requested: str) -> str:
-    """A plain-words explanation of an incompatible-QoS event and how to fix it."""
+def describe_incompatible_qos(topic: str, policy: str, requested: str, side: str = 'subscription') -> str:
+    """A plain-words explanation of an incompatible-QoS event and how to fix it.
+
+    ``side`` is our endpoint: 'subscription' (a publisher cannot reach us) or 'publisher' (a subscriber cannot
+    receive from us); ``requested`` is our endpoint's QoS.
+    """
     policy = policy or 'QoS'
+    if side == 'publisher':
+        hint = {
+            'RELIABILITY': 'the subscriber requires RELIABLE but this publisher offers BEST_EFFORT; subscribe with '
+                           'best_effort reliability',
+            'DURABILITY': 'the subscriber requires TRANSIENT_LOCAL but this publisher is VOLATILE; subscribe with '
+                          'volatile durability (e.g. ros2 topic echo --qos-durability volatile)',
+            'DEADLINE': 'the subscriber requests a shorter deadline than this publisher offers',
+            'LIVELINESS': 'the subscriber requests a stronger liveliness than this publisher offers',
+        }.get(policy, 'the subscriber and this publisher have incompatible QoS settings')
+        return f'a subscriber on {topic} gets nothing ({policy} mismatch): {hint} (we offer {requested})'
     hint = {
         'RELIABILITY': ('the publisher is BEST_EFFORT but this subscription requires RELIABLE; '
                         'publish with reliable QoS, or override the subscription with '
@@ -150,15 +166,46 @@ def describe_incompatible_qos(topic: str, policy: str, requested: str) -> str:
             f'(we request {requested})')
 
 
+@dataclass(frozen=True)
+class InputLimits:
+    """The time limits the inputs task judges the cameras by (node parameters, seconds)."""
+
+    camera_timeout: float = 2.0  # silent for longer: WARN
+    max_image_age: float = 1.0  # stamps further behind the node clock: frames never used
+    ahead_tolerance: float = 0.1  # stamps further ahead of the node clock: clock skew
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """The last failure to match the cameras' stamps."""
+
+    problem: str = ''
+    at: float | None = None
+    failures: int = 0
+
+
+def clock_skew_problem(topic: str, skew: float, limits: InputLimits) -> str:
+    """A warning when a camera's stamps are far from the node clock (``skew`` = node clock - stamp), else ''."""
+    if skew > limits.max_image_age:
+        return (f'camera {topic}: stamps are {skew:.3f} s behind the node clock (max_image_age '
+                f'{limits.max_image_age:g} s), so its frames are never used; check the camera clock '
+                '(chrony/PTP) and that both nodes agree on use_sim_time')
+    if -skew > limits.ahead_tolerance:
+        return (f'camera {topic}: stamps are {-skew:.3f} s ahead of the node clock (tolerance '
+                f'{limits.ahead_tolerance:g} s); frames are used as if they were that new: check the camera clock '
+                '(chrony/PTP) and that both nodes agree on use_sim_time')
+    return ''
+
+
 def inputs_status(cameras: list[CameraReport], state: StateReport | None, now: float,
-                  silent_after: float, sync_problem: str = '',
-                  sync_failures: int = 0) -> StatusReport:
-    """WARN when a camera is silent, has no publisher, sends undecodable frames or mismatched QoS,
-    or when the cameras' stamps cannot be matched."""
+                  limits: InputLimits = InputLimits(), sync: SyncReport = SyncReport()) -> StatusReport:
+    """WARN when a camera is silent, has no publisher, sends undecodable frames, mismatched QoS or stamps far from
+    the node clock, or when the cameras' stamps could not be matched recently."""
+    silent_after = limits.camera_timeout
     problems: list[tuple[int, str]] = []
-    values: list[tuple[str, str]] = [('stamp mismatches', str(sync_failures))]
-    if sync_problem:
-        problems.append((WARN, sync_problem))
+    values: list[tuple[str, str]] = [('stamp mismatches', str(sync.failures))]
+    if sync.problem and (sync.at is None or _recent(sync.at, now)):
+        problems.append((WARN, sync.problem))
     for i, cam in enumerate(cameras):
         c = cam.counters
         age = None if c.last_received is None else now - c.last_received
@@ -172,7 +219,8 @@ def inputs_status(cameras: list[CameraReport], state: StateReport | None, now: f
                    (f'{prefix} publishers', str(cam.publishers)),
                    (f'{prefix} QoS', cam.qos),
                    (f'{prefix} incompatible QoS events', str(cam.events.incompatible)),
-                   (f'{prefix} lost messages', str(cam.events.lost))]
+                   (f'{prefix} lost messages', str(cam.events.lost)),
+                   (f'{prefix} clock skew (s)', _fmt(c.last_skew, 3))]
         if c.last_error:
             values.append((f'{prefix} last error', c.last_error))
         if _recent(cam.events.last_incompatible_at, now) or (
@@ -186,6 +234,10 @@ def inputs_status(cameras: list[CameraReport], state: StateReport | None, now: f
             problems.append((WARN, f'camera {cam.topic} silent for {age:.1f} s'))
         if _recent(c.last_error_at, now):
             problems.append((WARN, f'bad frame on {cam.topic}: {c.last_error}'))
+        if c.last_skew is not None and age is not None and age <= silent_after:
+            skew_problem = clock_skew_problem(cam.topic, c.last_skew, limits)
+            if skew_problem:
+                problems.append((WARN, skew_problem))
         if c.unstamped:
             values.append((f'{prefix} unstamped frames', str(c.unstamped)))
     if state is not None:
@@ -294,7 +346,7 @@ def pruning_status(stats: PruningStats) -> StatusReport:
 
 def actions_status(counters: ActionCounters, now: float, publish_actions: bool,
                    action_space: str) -> StatusReport:
-    """Chunk counts; ERROR after a non-finite chunk until a good one; WARN when chunks go stale."""
+    """Chunk counts; ERROR after a non-finite chunk until a good one; WARN while chunks arrive too late to execute."""
     since = None if counters.last_published_at is None else now - counters.last_published_at
     values = [('action space', action_space),
               ('publish_actions (~/enable)', str(publish_actions)),
@@ -302,7 +354,7 @@ def actions_status(counters: ActionCounters, now: float, publish_actions: bool,
               ('chunks clipped', str(counters.clipped_chunks)),
               ('elements clipped', str(counters.clipped_elements)),
               ('chunks rejected (non-finite)', str(counters.rejected_nonfinite)),
-              ('chunks stale (all steps elapsed)', str(counters.stale)),
+              ('chunks too late to execute (all steps elapsed)', str(counters.stale)),
               ('results discarded (instruction changed)', str(counters.discarded_epoch)),
               ('steps trimmed last', str(counters.trimmed_steps_last)),
               ('steps streamed', str(counters.steps_streamed)),
@@ -311,6 +363,32 @@ def actions_status(counters: ActionCounters, now: float, publish_actions: bool,
         return StatusReport(ERROR, 'model produced non-finite actions; chunk not published',
                             values)
     gate = '' if publish_actions else ' (actuation topics gated off: publish_actions false)'
-    if counters.stale and counters.published == 0:
-        return StatusReport(WARN, 'every chunk was stale when it arrived' + gate, values)
+    if counters.last_stale_at is not None and (
+            counters.last_fresh_at is None or counters.last_stale_at > counters.last_fresh_at):
+        return StatusReport(WARN, 'chunks arrive after all their steps have elapsed (inference slower than '
+                                  'chunk length x dt): published on action_chunk but not executed' + gate, values)
     return StatusReport(OK, f'{counters.published} chunk(s) published' + gate, values)
+
+
+@dataclass
+class OutputReport:
+    """One output topic as the outputs task sees it."""
+
+    topic: str
+    qos: str
+    subscribers: int
+    events: QosEvents
+
+
+def outputs_status(outputs: list[OutputReport], now: float) -> StatusReport:
+    """WARN when a subscriber to one of our topics cannot connect because of its QoS."""
+    problems: list[tuple[int, str]] = []
+    values: list[tuple[str, str]] = []
+    for out in outputs:
+        values += [(f'{out.topic} subscribers', str(out.subscribers)),
+                   (f'{out.topic} incompatible QoS events', str(out.events.incompatible))]
+        if _recent(out.events.last_incompatible_at, now) or (out.events.incompatible and out.subscribers == 0):
+            problems.append((WARN, describe_incompatible_qos(out.topic, out.events.last_policy, out.qos,
+                                                             side='publisher')))
+    subscribers = sum(out.subscribers for out in outputs)
+    return StatusReport(*_combine(problems, f'{len(outputs)} topic(s), {subscribers} subscription(s)'), values)

@@ -7,7 +7,10 @@ a separate process live in test_ros_node_process.py.
 
 from __future__ import annotations
 
+import gc
 import math
+import os
+import weakref
 from collections import defaultdict
 from typing import Any
 
@@ -23,6 +26,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import TwistStamped  # noqa: E402
 from nav_msgs.msg import Path  # noqa: E402
 from rclpy.context import Context  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -31,6 +35,7 @@ from std_msgs.msg import Float32, Float32MultiArray, Float64, String  # noqa: E4
 from std_srvs.srv import SetBool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from lightvla_ros.ros.entry import lifecycle_state  # noqa: E402
 from lightvla_ros.ros.node import LightVLANode  # noqa: E402
 
 DT = 0.1
@@ -40,12 +45,11 @@ TOPICS = ('/camera/image_raw', '/wrist_camera/image_raw')
 class Harness:
     """The node plus a tester node on one executor in a fresh context."""
 
-    def __init__(self, policy: Any, overrides: dict[str, Any], checkpoint: str) -> None:
+    def __init__(self, factory: Any, overrides: dict[str, Any], checkpoint: str) -> None:
         self.context = Context()
         rclpy.init(context=self.context)
         params = {'checkpoint': checkpoint, 'dt': DT, **overrides}
-        self.policy = policy
-        self.node = LightVLANode(context=self.context, policy_factory=lambda settings: policy,
+        self.node = LightVLANode(context=self.context, policy_factory=factory,
                                  parameter_overrides=[Parameter(k, value=v)
                                                       for k, v in params.items()])
         self.tester = rclpy.create_node('tester', context=self.context)
@@ -64,7 +68,12 @@ class Harness:
         self.cameras = [self.tester.create_publisher(Image, t, 10) for t in TOPICS]
         self.instruction = self.tester.create_publisher(String, '/instruction', 10)
         self.state = self.tester.create_publisher(Float32MultiArray, '/state', 10)
+        if overrides.get('autostart', True):
+            self.wait_configured()
+
+    def wait_configured(self) -> None:
         assert self.wait(lambda: self.node.model_state == 'ready'
+                         and self.got['active_instruction']  # the latched '' of configure
                          and self.instruction.get_subscription_count() > 0
                          and all(c.get_subscription_count() for c in self.cameras), 10.0)
 
@@ -123,8 +132,9 @@ class Harness:
 def make_harness(tmp_path):
     harnesses = []
 
-    def make(policy: Any = None, **overrides: Any) -> Harness:
-        harness = Harness(policy or FakePolicy(), overrides, str(tmp_path))
+    def make(policy: Any = None, factory: Any = None, **overrides: Any) -> Harness:
+        policy = policy or FakePolicy()
+        harness = Harness(factory or (lambda settings: policy), overrides, str(tmp_path))
         harnesses.append(harness)
         return harness
 
@@ -152,8 +162,9 @@ def test_chunk_layout_stamps_and_trimming(make_harness):
     assert info['obs_stamp'] == f'{stamp.sec}.{stamp.nanosec:09d}'
     assert info['instruction'] == 'pick up the bowl' and info['instruction_epoch'] == '1'
     publish = float(info['publish_stamp'])
-    expected_trim = math.ceil((publish - float(info['obs_stamp'])) / DT - 1e-9)
-    assert int(info['trimmed_steps']) == expected_trim >= 3
+    # the steps whose interval ended before the chunk was published are trimmed; the one in progress is kept
+    expected_trim = math.floor((publish - float(info['obs_stamp'])) / DT + 1e-9)
+    assert int(info['trimmed_steps']) == expected_trim >= 2
     assert int(info['remaining_steps']) == 8 - expected_trim
     assert info['kept_tokens'] == '128' and info['total_tokens'] == '512'
     assert h.wait(lambda: h.got['/lightvla_node/keep_ratio'])
@@ -164,13 +175,29 @@ def test_chunk_layout_stamps_and_trimming(make_harness):
     assert len(h.got['ee_path'][0].poses) == 8 - expected_trim + 1
 
 
-def test_stale_chunk_is_not_published(make_harness):
-    h = make_harness(max_image_age=5.0)
+def test_a_chunk_too_late_to_execute_is_published_but_not_executed(make_harness):
+    h = make_harness(max_image_age=5.0, publish_actions=True)
     h.instruct('go')
     h.send_frames(age=1.0)  # 1 s old with 8 x 0.1 s steps: every step already elapsed
     status = h.wait_status('actions', lambda s: info_values(s)[
-        'chunks stale (all steps elapsed)'] == '1')
-    assert 'stale' in status.message and not h.got['chunk_info']
+        'chunks too late to execute (all steps elapsed)'] == '1')
+    assert level(status) == 1 and 'not executed' in status.message
+    assert len(h.got['action_chunk']) == 1 and len(h.got['chunk_info']) == 1
+    info = info_values(h.got['chunk_info'][0])
+    assert info['remaining_steps'] == '0' and info['executable'] == 'False'
+    assert not h.got['ee_twist'] and not h.got['ee_path'] and not h.got['gripper']
+    h.send_frames()  # a fresh chunk clears the warning
+    h.wait_status('actions', lambda s: level(s) == 0)
+
+
+def test_a_chunk_is_stale_only_once_its_last_step_has_passed(make_harness):
+    h = make_harness(max_image_age=5.0)
+    h.instruct('go')
+    h.send_frames(age=7.3 * DT)  # the 8th step (7 dt .. 8 dt) is still running
+    assert h.wait(lambda: h.got['chunk_info'])
+    info = info_values(h.got['chunk_info'][0])
+    assert info['trimmed_steps'] == '7' and info['remaining_steps'] == '1'
+    assert h.node.health.actions.stale == 0
 
 
 def test_eef_streaming_when_enabled(make_harness):
@@ -182,12 +209,13 @@ def test_eef_streaming_when_enabled(make_harness):
     assert h.node.get_parameter('publish_actions').value is True
     h.instruct('go')
     assert h.stream_until(lambda: len(h.got['ee_twist']) >= 3 and h.got['gripper'])
-    twist = h.got['ee_twist'][0]
+    assert h.stream_until(lambda: any(t.twist.linear.x > 0 for t in h.got['ee_twist'])
+                          and any(g.data > 0 for g in h.got['gripper']))
+    twist = max(h.got['ee_twist'], key=lambda t: t.twist.linear.x)
     assert twist.header.frame_id == 'base_link'
     # every dimension of a fake step is equal: linear = a * 0.05 / dt, angular = a * 0.5 / dt
-    assert twist.twist.linear.x > 0
     assert twist.twist.linear.x == pytest.approx(twist.twist.angular.z / 10)
-    assert 0.0 < h.got['gripper'][0].data <= 0.7 + 1e-6
+    assert 0.0 < max(g.data for g in h.got['gripper']) <= 0.7 + 1e-6
     future = client.call_async(SetBool.Request(data=False))
     assert h.wait(future.done) and future.result().success
     assert h.wait(lambda: h.got['ee_twist'][-1].twist.linear.x == 0.0)
@@ -238,7 +266,7 @@ def test_non_finite_chunk_is_rejected(make_harness):
     policy.next_actions = np.full((8, 7), np.nan, np.float32)
     h = make_harness(policy)
     h.instruct('go')
-    h.stream_until(lambda: h.node._actions.rejected_nonfinite > 0)
+    h.stream_until(lambda: h.node.health.actions.rejected_nonfinite > 0)
     status = h.wait_status('actions', lambda s: level(s) == 2)
     assert 'non-finite' in status.message and not h.got['chunk_info']
     policy.next_actions = None
@@ -385,10 +413,13 @@ def test_mistyped_parameter_is_reported_not_fatal(tmp_path):
                             parameter_overrides=[Parameter('checkpoint', value=str(tmp_path)),
                                                  Parameter('dt', value=1),
                                                  Parameter('max_kept_tokens', value=-5)])
-        assert node.model_state == 'failed'
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        assert spin_until(executor, lambda: node.model_state == 'failed', 5.0)
         assert 'parameter dt' in node.model_error
         assert 'parameter max_kept_tokens' in node.model_error
         assert node.get_parameter('dt').value == 0.05
+        assert lifecycle_state(node) == 'unconfigured'  # configure failed; the node stays up
         node.destroy_node()
     finally:
         context.try_shutdown()
@@ -397,8 +428,114 @@ def test_mistyped_parameter_is_reported_not_fatal(tmp_path):
 def test_instruction_timeout_goes_idle(make_harness):
     h = make_harness(instruction_timeout=0.5)
     h.instruct('go')
+    assert h.wait(lambda: h.active() == 'go')
     assert h.stream_until(lambda: h.got['chunk_info'])
     assert h.stream_until(lambda: h.active() == '', timeout=5.0)
     count = len(h.got['chunk_info'])
     h.stream_until(lambda: False, timeout=0.5)
     assert len(h.got['chunk_info']) <= count + 1
+
+
+# ---------------------------------------------------------------------------------------------- lifecycle
+
+def rss_bytes() -> int:
+    """Resident memory of this process."""
+    with open('/proc/self/statm') as statm:
+        return int(statm.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+class CountingFactory:
+    """Makes a fresh policy per configure and remembers which were released (holding none of them)."""
+
+    def __init__(self, policy_type: type = FakePolicy) -> None:
+        self.policy_type = policy_type
+        self.made: list[weakref.ref] = []
+        self.released = 0
+
+    def __call__(self, settings: Any) -> Any:
+        policy = self.policy_type()
+        policy.release = lambda: setattr(self, 'released', self.released + 1)
+        self.made.append(weakref.ref(policy))
+        return policy
+
+
+def test_lifecycle_walks_through_every_state_under_external_control(make_harness):
+    factory = CountingFactory()
+    h = make_harness(factory=factory, autostart=False, publish_actions=True)
+    node = h.node
+    assert lifecycle_state(node) == 'unconfigured' and node.model_state == 'unconfigured'
+    status = h.wait_status('model', lambda s: True)
+    assert level(status) == 0 and 'waiting for the configure transition' in status.message
+    assert not factory.made and h.cameras[0].get_subscription_count() == 0
+
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert lifecycle_state(node) == 'inactive' and node.model_state == 'ready'
+    h.wait_configured()
+    h.instruct('go')
+    h.stream_until(lambda: False, timeout=0.5)
+    assert not h.got['action_chunk'] and not h.got['ee_twist']  # inactive: no inference
+
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert h.stream_until(lambda: len(h.got['ee_twist']) >= 2 and h.got['action_chunk'])
+
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert h.wait(lambda: h.got['ee_twist'][-1].twist.linear.x == 0.0)  # motion stopped
+    chunks, twists = len(h.got['action_chunk']), len(h.got['ee_twist'])
+    h.stream_until(lambda: False, timeout=0.6)
+    assert len(h.got['action_chunk']) <= chunks + 1 and len(h.got['ee_twist']) == twists
+
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # resumes the kept instruction
+    assert h.stream_until(lambda: len(h.got['action_chunk']) > chunks + 1)
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+
+    assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    gc.collect()
+    assert lifecycle_state(node) == 'unconfigured' and node.model_state == 'unconfigured'
+    assert factory.released == 1 and factory.made[0]() is None  # no reference to the policy is left
+    assert h.wait(lambda: h.cameras[0].get_subscription_count() == 0)
+
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS  # configure again, then shut down
+    assert len(factory.made) == 2
+    assert node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
+    assert lifecycle_state(node) == 'finalized' and factory.released == 2
+
+
+def test_shutdown_from_active_stops_the_robot(make_harness):
+    h = make_harness(publish_actions=True)
+    h.instruct('go')
+    assert h.stream_until(lambda: any(t.twist.linear.x > 0 for t in h.got['ee_twist']))
+    assert h.node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
+    assert h.wait(lambda: h.got['ee_twist'][-1].twist.linear.x == 0.0)
+    assert lifecycle_state(h.node) == 'finalized'
+
+
+def test_cleanup_gives_the_model_memory_back(make_harness):
+    class HeavyPolicy(FakePolicy):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights = np.ones(256 * 2**20 // 8)  # 256 MiB, touched
+
+    factory = CountingFactory(HeavyPolicy)
+    h = make_harness(factory=factory, autostart=False)
+    gc.collect()
+    before = rss_bytes()
+    assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    loaded = rss_bytes()
+    assert h.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    gc.collect()
+    released = rss_bytes()
+    mib = 2**20
+    print(f'RSS: {before / mib:.0f} MiB before configure, {loaded / mib:.0f} MiB configured, '
+          f'{released / mib:.0f} MiB after cleanup')
+    assert loaded - before > 250 * mib
+    assert loaded - released > 250 * mib
+
+
+def test_configure_failure_is_reported_and_leaves_nothing_behind(make_harness):
+    h = make_harness(factory=lambda settings: (_ for _ in ()).throw(RuntimeError('weights corrupt')),
+                     autostart=False)
+    assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert lifecycle_state(h.node) == 'unconfigured'
+    status = h.wait_status('model', lambda s: level(s) == 2)
+    assert 'weights corrupt' in status.message
+    assert h.cameras[0].get_subscription_count() == 0  # the endpoints of the failed attempt are gone

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / 'launch' / 'lightvla.launch.py'
 ARGUMENTS = {'params_file', 'checkpoint', 'device', 'namespace', 'use_sim_time', 'demo_camera',
              'start_aggregator'}

@@ -8,7 +8,7 @@ import yaml
 from lightvla_ros.ros.core.overlay import KEPT_BORDER, render_token_overlay
 from lightvla_ros.ros.core.params import PARAMS, SPECS, validate_value
 
-CONFIG = Path(__file__).resolve().parents[1] / 'config' / 'lightvla.yaml'
+CONFIG = Path(__file__).resolve().parents[2] / 'config' / 'lightvla.yaml'
 
 
 def test_overlay_highlights_kept_and_dims_pruned():

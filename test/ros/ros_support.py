@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_NAME = 'oft-tiny-libero'
 
 
@@ -110,11 +110,18 @@ class FakePolicy:
         self.entered = threading.Event()
         self.next_actions: np.ndarray | None = None
         self.scale = 0.1
+        self.released = False
+
+    def check_pruning(self, method: str, max_kept_tokens: int | None) -> str:
+        return '' if method in ('lightvla', 'none') else f'pruning {method!r} is not supported by this checkpoint'
 
     def set_pruning(self, method: str, max_kept_tokens: int | None) -> None:
-        if method not in ('lightvla', 'none'):
-            raise ValueError(f'pruning {method!r} is not supported by this checkpoint')
+        if self.check_pruning(method, max_kept_tokens):
+            raise ValueError(self.check_pruning(method, max_kept_tokens))
         self.pruning, self.max_kept_tokens = method, max_kept_tokens
+
+    def release(self) -> None:
+        self.released = True
 
     def warmup(self) -> None:
         return None

@@ -2,10 +2,12 @@
 
 from lightvla_ros.ros.core.frames import CameraCounters
 from lightvla_ros.ros.core.stats import ActionCounters, PruningStats, RollingWindow
-from lightvla_ros.ros.core.status import (ERROR, OK, WARN, CameraReport, InstructionReport,
-                                          ModelInfo, QosEvents, StateReport, actions_status,
-                                          inference_status, inputs_status, instruction_status,
-                                          model_status, pruning_status)
+from lightvla_ros.ros.core.status import (ERROR, OK, WARN, CameraReport, InputLimits, InstructionReport,
+                                          ModelInfo, OutputReport, QosEvents, StateReport, SyncReport,
+                                          actions_status, inference_status, inputs_status, instruction_status,
+                                          model_status, outputs_status, pruning_status)
+
+LIMITS = InputLimits(camera_timeout=2.0, max_image_age=1.0, ahead_tolerance=0.1)
 
 
 def test_model_levels():
@@ -20,7 +22,10 @@ def test_model_levels():
     assert model_status(info).level == ERROR
     info.last_success_at = 6.0
     assert model_status(info).level == OK
-    assert model_status(ModelInfo('unconfigured', '', 'auto', 'auto')).level == ERROR
+    waiting = model_status(ModelInfo('unconfigured', '', 'auto', 'auto'))
+    assert waiting.level == OK and 'waiting for the configure transition' in waiting.message
+    failed = model_status(ModelInfo('unconfigured', '', 'auto', 'auto', error='no checkpoint configured'))
+    assert failed.level == ERROR and 'no checkpoint' in failed.message
 
 
 def camera(counters: CameraCounters, publishers: int = 1, events: QosEvents | None = None):
@@ -30,14 +35,14 @@ def camera(counters: CameraCounters, publishers: int = 1, events: QosEvents | No
 def test_inputs_ok_silent_and_bad_frames():
     c = CameraCounters(received=10, last_received=99.5)
     c.arrivals.extend([99.0, 99.5])
-    assert inputs_status([camera(c)], None, 100.0, 2.0).level == OK
-    report = inputs_status([camera(c)], None, 105.0, 2.0)
+    assert inputs_status([camera(c)], None, 100.0, LIMITS).level == OK
+    report = inputs_status([camera(c)], None, 105.0, LIMITS)
     assert report.level == WARN and 'silent for 5.5 s' in report.message
-    never = inputs_status([camera(CameraCounters(), publishers=0)], None, 1.0, 2.0)
+    never = inputs_status([camera(CameraCounters(), publishers=0)], None, 1.0, LIMITS)
     assert never.level == WARN and 'no publisher' in never.message
     bad = CameraCounters(received=1, last_received=99.9, last_error='unsupported encoding',
                          last_error_at=99.9, decode_errors=1)
-    report = inputs_status([camera(bad)], None, 100.0, 2.0)
+    report = inputs_status([camera(bad)], None, 100.0, LIMITS)
     assert report.level == WARN and 'unsupported encoding' in report.message
     assert ('camera 0 decode errors', '1') in report.values
 
@@ -45,7 +50,7 @@ def test_inputs_ok_silent_and_bad_frames():
 def test_inputs_qos_incompatibility_in_plain_words():
     c = CameraCounters()
     events = QosEvents(incompatible=1, last_policy='RELIABILITY', last_incompatible_at=99.0)
-    report = inputs_status([camera(c, publishers=0, events=events)], None, 100.0, 2.0)
+    report = inputs_status([camera(c, publishers=0, events=events)], None, 100.0, LIMITS)
     assert report.level == WARN
     assert 'BEST_EFFORT but this subscription requires RELIABLE' in report.message
 
@@ -53,10 +58,10 @@ def test_inputs_qos_incompatibility_in_plain_words():
 def test_inputs_state_fallback_warns():
     c = CameraCounters(received=1, last_received=100.0)
     state = StateReport('float32_array', '/state', True, 'zeros', 0, 0, 0, '', None, None)
-    report = inputs_status([camera(c)], state, 100.0, 2.0)
+    report = inputs_status([camera(c)], state, 100.0, LIMITS)
     assert report.level == WARN and 'zero state vector' in report.message
     state.last_error, state.last_error_at = 'state contains NaN or infinite values', 99.0
-    assert 'NaN' in inputs_status([camera(c)], state, 100.0, 2.0).message
+    assert 'NaN' in inputs_status([camera(c)], state, 100.0, LIMITS).message
 
 
 def test_instruction_status():
@@ -96,3 +101,44 @@ def test_pruning_and_actions():
     assert 'gated off' in actions_status(counters, 0.0, False, 'eef_delta').message
     counters.nonfinite_since_last_good = True
     assert actions_status(counters, 0.0, True, 'eef_delta').level == ERROR
+
+
+def test_camera_clock_skew_is_named_with_its_size():
+    behind = CameraCounters(received=5, last_received=100.0, last_skew=3600.2)
+    report = inputs_status([camera(behind)], None, 100.0, LIMITS)
+    assert report.level == WARN
+    assert 'camera /cam: stamps are 3600.200 s behind the node clock' in report.message
+    assert 'never used' in report.message and ('camera 0 clock skew (s)', '3600.200') in report.values
+    ahead = CameraCounters(received=5, last_received=100.0, last_skew=-3600.0)
+    assert 'stamps are 3600.000 s ahead of the node clock' in inputs_status([camera(ahead)], None, 100.0,
+                                                                            LIMITS).message
+    fine = CameraCounters(received=5, last_received=100.0, last_skew=0.03)
+    assert inputs_status([camera(fine)], None, 100.0, LIMITS).level == OK
+
+
+def test_a_sync_warning_does_not_outlive_its_cause():
+    c = CameraCounters(received=5, last_received=100.0)
+    sync = SyncReport('camera stamps differ by 500 ms (sync_tolerance 100 ms)', at=99.0, failures=3)
+    assert 'differ by 500 ms' in inputs_status([camera(c)], None, 100.0, LIMITS, sync).message
+    c.last_received = 130.0
+    later = inputs_status([camera(c)], None, 130.0, LIMITS, sync)
+    assert later.level == OK and ('stamp mismatches', '3') in later.values
+
+
+def test_a_chunk_too_late_to_execute_warns_until_a_fresh_one_arrives():
+    counters = ActionCounters(published=3, stale=1, last_published_at=9.0, last_fresh_at=8.0, last_stale_at=9.0)
+    report = actions_status(counters, 10.0, True, 'eef_delta')
+    assert report.level == WARN and 'not executed' in report.message
+    assert ('chunks too late to execute (all steps elapsed)', '1') in report.values
+    counters.last_fresh_at = 9.5
+    assert actions_status(counters, 10.0, True, 'eef_delta').level == OK
+
+
+def test_output_qos_mismatch_names_the_subscriber_side():
+    events = QosEvents(incompatible=1, last_policy='DURABILITY', last_incompatible_at=99.0)
+    report = outputs_status([OutputReport('/action_chunk', 'RELIABLE, VOLATILE, KEEP_LAST depth 10', 0, events)],
+                            100.0)
+    assert report.level == WARN and 'a subscriber on /action_chunk gets nothing (DURABILITY mismatch)' in report.message
+    assert 'TRANSIENT_LOCAL' in report.message
+    quiet = outputs_status([OutputReport('/action_chunk', 'RELIABLE', 2, QosEvents())], 100.0)
+    assert quiet.level == OK and quiet.message == '1 topic(s), 2 subscription(s)'

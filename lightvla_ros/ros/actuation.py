@@ -1,0 +1,178 @@
+"""Actuation: one class per action space owns its publishers, streams chunk steps one per ``dt`` and stops motion.
+
+The node hands every executable chunk to :meth:`Actuator.execute` and calls :meth:`Actuator.tick` every ``dt``;
+it never branches on the action space itself. Nothing reaches the actuation topics (``ee_twist``,
+``joint_trajectory``, ``gripper``) while ``publish_actions`` is false.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import numpy as np
+from geometry_msgs.msg import TwistStamped
+from nav_msgs.msg import Path
+from std_msgs.msg import Float64
+from trajectory_msgs.msg import JointTrajectory
+
+from lightvla_ros.ros import messages
+from lightvla_ros.ros.core import chunks as chunk_math
+from lightvla_ros.ros.core.params import NodeConfig
+from lightvla_ros.ros.core.stats import ActionCounters
+from lightvla_ros.ros.core.streamer import ChunkStreamer
+
+PublisherFactory = Callable[[Any, str], Any]  # (message type, topic) -> publisher
+StampFn = Callable[[], Any]  # -> builtin_interfaces/Time of now
+
+
+class Actuator(ABC):
+    """The actuation of one action space. Thread-safe: the worker executes chunks, the executor ticks."""
+
+    def __init__(self, make_publisher: PublisherFactory, config: Callable[[], NodeConfig], counters: ActionCounters,
+                 now_stamp: StampFn) -> None:
+        self._config = config
+        self._counters = counters
+        self._now_stamp = now_stamp
+        self._streamer = ChunkStreamer()
+        self.publishers = [make_publisher(Float64, 'gripper')]
+
+    @property
+    def queued_steps(self) -> int:
+        return len(self._streamer)
+
+    def check(self, action_dim: int) -> str:
+        """Why this actuation cannot drive a model with ``action_dim`` outputs, or ''."""
+        gripper = self._config().gripper_index
+        if gripper >= action_dim:
+            return f'gripper_index {gripper} >= action dims {action_dim}'
+        return ''
+
+    def execute(self, remaining: np.ndarray, stamp: Any) -> None:
+        """Start executing a chunk's remaining steps (the previous chunk's rest is dropped)."""
+        self._show_plan(remaining, stamp)
+        if not self._config().publish_actions:
+            self._counters.gated += 1
+            return
+        self._start(remaining, stamp)
+        self._streamer.replace(remaining)
+
+    def tick(self) -> None:
+        """One control period: the next step, or the end-of-chunk stop."""
+        tick = self._streamer.tick()
+        if tick.stop:
+            self._on_chunk_end()
+            return
+        if tick.row is None or not self._config().publish_actions:
+            return
+        self._step(tick.row)
+        gripper = self._config().gripper_index
+        if gripper >= 0:
+            self.publishers[0].publish(Float64(data=float(tick.row[gripper])))
+        self._counters.steps_streamed += 1
+
+    def stop(self) -> None:
+        """Drop queued steps and command a stop when anything was moving."""
+        if self._streamer.clear():
+            self._command_stop()
+
+    def _show_plan(self, remaining: np.ndarray, stamp: Any) -> None:
+        """Publish a visualisation of the plan (never gated: it moves nothing)."""
+
+    @abstractmethod
+    def _start(self, remaining: np.ndarray, stamp: Any) -> None:
+        """What happens once when a chunk starts executing."""
+
+    @abstractmethod
+    def _step(self, row: np.ndarray) -> None:
+        """What happens at each control tick with the current row."""
+
+    @abstractmethod
+    def _on_chunk_end(self) -> None:
+        """What happens when the last step of the last chunk was executed and no new chunk came."""
+
+    @abstractmethod
+    def _command_stop(self) -> None:
+        """Bring the robot to rest now (motion disabled, deactivation, stop instruction)."""
+
+
+class EefDeltaActuator(Actuator):
+    """End-effector deltas (xyz, rotation vector, gripper) streamed as TwistStamped, the plan shown as a Path."""
+
+    def __init__(self, make_publisher: PublisherFactory, config: Callable[[], NodeConfig], counters: ActionCounters,
+                 now_stamp: StampFn) -> None:
+        super().__init__(make_publisher, config, counters, now_stamp)
+        self._twist = make_publisher(TwistStamped, 'ee_twist')
+        self._path = make_publisher(Path, 'ee_path')
+        self.publishers += [self._twist, self._path]
+
+    def check(self, action_dim: int) -> str:
+        if action_dim < 6:
+            return f'action_space eef_delta needs >= 6 action dims, the model has {action_dim}'
+        return super().check(action_dim)
+
+    def _show_plan(self, remaining: np.ndarray, stamp: Any) -> None:
+        cfg = self._config()
+        self._path.publish(messages.path_msg(remaining, cfg.linear_scale, cfg.angular_scale, stamp, cfg.frame_id))
+
+    def _start(self, remaining: np.ndarray, stamp: Any) -> None:
+        return None  # steps are streamed by tick()
+
+    def _step(self, row: np.ndarray) -> None:
+        cfg = self._config()
+        linear, angular = chunk_math.delta_to_twist(row, cfg.linear_scale, cfg.angular_scale, cfg.dt)
+        self._twist.publish(messages.twist_msg(linear, angular, self._now_stamp(), cfg.frame_id))
+
+    def _on_chunk_end(self) -> None:
+        self._command_stop()
+
+    def _command_stop(self) -> None:
+        self._twist.publish(messages.twist_msg(np.zeros(3), np.zeros(3), self._now_stamp(), self._config().frame_id))
+
+
+class JointActuator(Actuator):
+    """Joint positions of the first action dimensions sent as one JointTrajectory per chunk; holds on stop."""
+
+    def __init__(self, make_publisher: PublisherFactory, config: Callable[[], NodeConfig], counters: ActionCounters,
+                 now_stamp: StampFn, measured_joints: Callable[[list[str]], list[float] | None]) -> None:
+        super().__init__(make_publisher, config, counters, now_stamp)
+        self._trajectory = make_publisher(JointTrajectory, 'joint_trajectory')
+        self._measured_joints = measured_joints
+        self.publishers.append(self._trajectory)
+
+    def check(self, action_dim: int) -> str:
+        names = self._config().joint_names
+        if len(names) > action_dim:
+            return f'{len(names)} joint_names but only {action_dim} action dims'
+        return super().check(action_dim)
+
+    def _start(self, remaining: np.ndarray, stamp: Any) -> None:
+        cfg = self._config()
+        names = list(cfg.joint_names)
+        positions = remaining[:, :len(names)].astype(np.float64)
+        velocities = chunk_math.fill_velocities(positions, cfg.dt)
+        self._trajectory.publish(messages.trajectory_msg(names, positions, velocities, cfg.dt, stamp))
+
+    def _step(self, row: np.ndarray) -> None:
+        return None  # the controller interpolates the trajectory; only the gripper is streamed
+
+    def _on_chunk_end(self) -> None:
+        return None  # the trajectory's last point is at rest
+
+    def _command_stop(self) -> None:
+        """Hold at the measured joint positions (nothing is sent when they are unknown: no guessed target)."""
+        cfg = self._config()
+        names = list(cfg.joint_names)
+        positions = self._measured_joints(names)
+        if positions is None:
+            return
+        self._trajectory.publish(messages.trajectory_msg(names, np.asarray([positions]), np.zeros((1, len(names))),
+                                                         cfg.dt, self._now_stamp()))
+
+
+def make_actuator(config: Callable[[], NodeConfig], make_publisher: PublisherFactory, counters: ActionCounters,
+                  now_stamp: StampFn, measured_joints: Callable[[list[str]], list[float] | None]) -> Actuator:
+    """The actuator of the configured action space."""
+    if config().action_space == 'joint':
+        return JointActuator(make_publisher, config, counters, now_stamp, measured_joints)
+    return EefDeltaActuator(make_publisher, config, counters, now_stamp)
