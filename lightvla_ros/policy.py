@@ -7,6 +7,8 @@ another thread changes the pruning settings.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import threading
@@ -55,6 +57,20 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def return_freed_heap_memory() -> bool:
+    """Ask glibc to give freed heap memory back to the system; returns whether it could be asked.
+
+    Weight tensors of a few MB each are served from the heap once glibc's dynamic mmap threshold has grown, so
+    freeing a model leaves the process's resident memory unchanged until the heap is trimmed.
+    """
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 class LightVLAPolicy:
@@ -242,6 +258,7 @@ class LightVLAPolicy:
         gc.collect()
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
+        return_freed_heap_memory()
 
     # ------------------------------------------------------------------------------------------ helpers
     def prepare(self, observations: Sequence[Observation]):
