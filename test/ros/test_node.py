@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 import os
 import weakref
 from collections import defaultdict
@@ -29,7 +30,7 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float32, Float32MultiArray, Float64, String  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
@@ -541,3 +542,33 @@ def test_configure_failure_is_reported_and_leaves_nothing_behind(make_harness):
     status = h.wait_status('model', lambda s: level(s) == 2)
     assert 'weights corrupt' in status.message
     assert h.cameras[0].get_subscription_count() == 0  # the endpoints of the failed attempt are gone
+
+
+# ---------------------------------------------------------------------------------------------- clocks and QoS
+
+def test_a_camera_clock_an_hour_behind_is_named_with_its_skew(make_harness):
+    h = make_harness()
+    h.instruct('go')
+    h.send_frames(age=3600.0)
+    status = h.wait_status('inputs', lambda s: 'behind the node clock' in s.message)
+    assert level(status) == 1 and '/camera/image_raw' in status.message
+    assert re.search(r'3600\.\d+ s behind', status.message)
+    assert not h.got['chunk_info']
+    assert h.stream_until(lambda: h.got['chunk_info'])  # fresh frames: chunks again, and the warning goes
+    h.wait_status('inputs', lambda s: 'clock' not in s.message)
+
+
+def test_a_camera_clock_an_hour_ahead_is_named_with_its_skew(make_harness):
+    h = make_harness()
+    h.instruct('go')
+    h.send_frames(age=-3600.0)
+    status = h.wait_status('inputs', lambda s: 'ahead of the node clock' in s.message)
+    assert level(status) == 1 and re.search(r'(3599\.9|3600\.0)\d* s ahead', status.message)
+
+
+def test_a_subscriber_with_incompatible_qos_on_an_output_is_reported(make_harness):
+    h = make_harness()
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    h.tester.create_subscription(Float32MultiArray, '/action_chunk', lambda msg: None, latched)
+    status = h.wait_status('outputs', lambda s: 'DURABILITY' in s.message)
+    assert level(status) == 1 and 'a subscriber on /action_chunk gets nothing' in status.message
