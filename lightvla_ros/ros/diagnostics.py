@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 
+from lightvla_ros.contract import PolicyOutput
 from lightvla_ros.ros.core.frames import FrameStore
 from lightvla_ros.ros.core.instructions import InstructionTracker
 from lightvla_ros.ros.core.params import NodeConfig
@@ -140,6 +141,19 @@ class NodeHealth:
         return cls(model=model, frames=FrameStore(config.num_cameras),
                    tracker=InstructionTracker(config.max_instruction_chars, tuple(config.stop_words)),
                    pruning=PruningStats(method=config.pruning, max_kept_tokens=config.max_kept_tokens))
+
+
+    def record_inference(self, output: PolicyOutput, latency_s: float, now: float) -> None:
+        """Latency and pruning numbers of one prediction."""
+        self.latency.add(latency_s * 1000.0, now)
+        stats = self.pruning
+        stats.kept.add(output.num_kept, now)
+        stats.keep_ratio.add(output.keep_ratio, now)
+        stats.num_patches = int(output.num_patches)
+        if 'saved_fraction' in output.flops:
+            stats.flops_saved.add(output.flops['saved_fraction'], now)
+        if 'total' in output.flops:
+            stats.gflops.add(output.flops['total'] / 1e9, now)
 
 
 # How long an input the model refused keeps the inputs task at WARN.

@@ -35,10 +35,10 @@ import numpy as np
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float32, String
+from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
-from lightvla_ros.contract import Policy, PolicyOutput, PolicySettings
+from lightvla_ros.contract import Policy, PolicySettings
 from lightvla_ros.ros import messages
 from lightvla_ros.ros.actuation import Actuator, make_actuator
 from lightvla_ros.ros.core import chunks as chunk_math
@@ -52,6 +52,7 @@ from lightvla_ros.ros.diagnostics import Diagnostics, NodeHealth, NodeReports
 from lightvla_ros.ros.endpoints import Endpoints
 from lightvla_ros.ros.entry import spin_node
 from lightvla_ros.ros.parameters import NodeParameters, error_text
+from lightvla_ros.ros.publishing import ChunkPublisher, Inference
 
 NODE_NAME = 'lightvla_node'
 PolicyFactory = Callable[[PolicySettings], Policy]
@@ -87,7 +88,7 @@ class LightVLANode(LifecycleNode):
         self._stop_event = threading.Event()
         self._wake = threading.Event()
         self._last_start = 0.0
-        self._chunk_id = 0
+        self._publisher: ChunkPublisher | None = None
         self._diagnostics = Diagnostics(self, cfg.device)
         NodeReports(lambda: self._health, lambda: self._params.config, lambda: self._endpoints, self._now,
                     self._device_name).register(self._diagnostics)
@@ -137,6 +138,8 @@ class LightVLANode(LifecycleNode):
                                     self._on_incompatible)
         self._actuator = make_actuator(lambda: self._params.config, self._endpoints.publisher, self._health.actions,
                                        self._stamp_now, self._health.state.measured_joints)
+        self._publisher = ChunkPublisher(self.get_name(), self._endpoints, self._actuator, self._health,
+                                         lambda: self._params.config, self._now, self._stamp_now, self.get_logger())
         self._endpoints.active_instruction.publish(String(data=''))
         with self._diagnostics.heartbeat():
             policy = self._load(cfg)
@@ -246,7 +249,7 @@ class LightVLANode(LifecycleNode):
             self._control_timer = None
         if self._endpoints is not None:
             self._endpoints.destroy()
-        self._endpoints, self._actuator = None, None
+        self._endpoints, self._actuator, self._publisher = None, None, None
 
     # ------------------------------------------------------------------ parameters and services
 
@@ -407,7 +410,7 @@ class LightVLANode(LifecycleNode):
             return
         with self._output_lock:
             if self._active.is_set():
-                self._publish_output(output, taken, task.text, task.epoch, latency_s, images)
+                self._publisher.publish(Inference(output, taken, images, task.text, task.epoch, latency_s))
         self._wake.set()
 
     def _decode(self, frameset: FrameSet, cfg: NodeConfig, now: float) -> list[np.ndarray] | None:
@@ -443,93 +446,11 @@ class LightVLANode(LifecycleNode):
             health.input_error, health.input_error_at = text, now
             self.get_logger().warning(f'input rejected by the model: {text}', throttle_duration_sec=5.0)
         elif isinstance(exc, FloatingPointError):
-            self._reject_nonfinite(now)
+            self._publisher.reject_nonfinite(now)
         else:
             health.model.inference_errors += 1
             health.model.last_inference_error, health.model.last_inference_error_at = text, self._now()
             self.get_logger().error(f'inference failed: {text}', throttle_duration_sec=5.0)
-
-    def _reject_nonfinite(self, now: float) -> None:
-        counters = self._health.actions
-        counters.rejected_nonfinite += 1
-        counters.nonfinite_since_last_good, counters.last_nonfinite_at = True, now
-        self.get_logger().error('model produced a non-finite action chunk; not published', throttle_duration_sec=5.0)
-
-    # ------------------------------------------------------------------ publishing
-
-    def _publish_output(self, output: PolicyOutput, frameset: FrameSet, text: str, epoch: int, latency_s: float,
-                        images: list[np.ndarray]) -> None:
-        """Publish every computed chunk; execute only the steps whose time has not passed yet."""
-        cfg, health, now = self._params.config, self._health, self._now()
-        self._record_stats(output, latency_s, now)
-        actions = np.asarray(output.actions, dtype=np.float32)
-        counters = health.actions
-        if actions.ndim != 2 or not chunk_math.all_finite(actions):
-            self._reject_nonfinite(now)
-            return
-        clip = chunk_math.clip_actions(actions, list(cfg.action_lower), list(cfg.action_upper))
-        trimmed = chunk_math.elapsed_steps(frameset.obs_stamp, now, cfg.dt)
-        remaining = chunk_math.trim_chunk(clip.actions, trimmed)
-        counters.trimmed_steps_last, counters.nonfinite_since_last_good = min(trimmed, len(actions)), False
-        if clip.clipped_elements:
-            counters.clipped_chunks += 1
-            counters.clipped_elements += clip.clipped_elements
-        self._chunk_id += 1
-        stamp = self._stamp_now()
-        endpoints = self._endpoints
-        endpoints.chunk.publish(messages.chunk_msg(clip.actions))
-        endpoints.chunk_info.publish(self._chunk_info(output, frameset, text, epoch, latency_s, trimmed,
-                                                      len(remaining), clip.clipped_elements, stamp))
-        endpoints.keep_ratio.publish(Float32(data=float(output.keep_ratio)))
-        counters.published += 1
-        counters.last_published_at = now
-        if len(remaining):
-            counters.last_fresh_at = now
-            self._actuator.execute(remaining, stamp)
-        else:
-            counters.stale += 1
-            counters.last_stale_at = now
-            self.get_logger().warning(
-                f'chunk {self._chunk_id} too late to execute: {now - frameset.obs_stamp:.3f} s after the observation '
-                f'all {len(actions)} steps of {cfg.dt} s have elapsed; published on action_chunk, not executed',
-                throttle_duration_sec=5.0)
-        if cfg.debug_image and endpoints.debug_image.get_subscription_count() > 0:
-            endpoints.debug_image.publish(messages.debug_image_msg(output, images, frameset.frames[0].msg.header,
-                                                                   cfg.center_crop))
-
-    def _record_stats(self, output: PolicyOutput, latency_s: float, now: float) -> None:
-        self._health.latency.add(latency_s * 1000.0, now)
-        stats = self._health.pruning
-        stats.kept.add(output.num_kept, now)
-        stats.keep_ratio.add(output.keep_ratio, now)
-        stats.num_patches = int(output.num_patches)
-        if 'saved_fraction' in output.flops:
-            stats.flops_saved.add(output.flops['saved_fraction'], now)
-        if 'total' in output.flops:
-            stats.gflops.add(output.flops['total'] / 1e9, now)
-
-    def _chunk_info(self, output: PolicyOutput, frameset: FrameSet, text: str, epoch: int, latency_s: float,
-                    trimmed: int, remaining: int, clipped: int, stamp: Any) -> Any:
-        cfg = self._params.config
-
-        def frame_stamp(frame: Any) -> str:
-            return messages.stamp_text(frame.msg.header.stamp) if frame.stamped else f'{frame.stamp:.9f}'
-
-        values = {
-            'chunk_id': str(self._chunk_id), 'instruction': text, 'instruction_epoch': str(epoch),
-            'obs_stamp': frame_stamp(min(frameset.frames, key=lambda f: f.stamp)),
-            'camera_stamps': ' '.join(frame_stamp(f) for f in frameset.frames),
-            'camera_spread_ms': f'{frameset.spread * 1000:.3f}', 'publish_stamp': messages.stamp_text(stamp),
-            'latency_ms': f'{latency_s * 1000:.3f}', 'steps': str(int(output.actions.shape[0])),
-            'dims': str(int(output.actions.shape[1])), 'dt': repr(cfg.dt), 'trimmed_steps': str(trimmed),
-            'remaining_steps': str(remaining), 'executable': str(remaining > 0),
-            'clipped_elements': str(clipped), 'kept_tokens': str(int(output.num_kept)),
-            'total_tokens': str(int(output.num_patches)), 'keep_ratio': f'{float(output.keep_ratio):.6f}',
-            'flops_saved_fraction': f"{float(output.flops.get('saved_fraction', 0.0)):.6f}",
-            'pruning': self._health.pruning.method, 'actuation': str(cfg.publish_actions),
-        }
-        return messages.chunk_info_msg(f'{self.get_name()}: chunk {self._chunk_id}', f'chunk {self._chunk_id} for '
-                                       f'"{text}"', str(self._health.model.device), values)
 
 
 def main(args: list[str] | None = None) -> None:

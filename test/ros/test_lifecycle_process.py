@@ -16,7 +16,6 @@ isolate_ros_environment()
 from geometry_msgs.msg import TwistStamped  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
 from test_node_process import CHECKPOINT, LOAD_TIMEOUT, Client, send_instruction, start_node  # noqa: E402
 
 pytestmark = pytest.mark.skipif(CHECKPOINT is None, reason='tiny checkpoint fixture not found (see test_node_process)')
