@@ -12,6 +12,10 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from lightvla_ros.model.errors import InputError
+
+__all__ = ["InputError", "Observation", "Policy", "PolicyOutput", "PolicySettings"]
+
 
 @dataclass(frozen=True)
 class PolicySettings:
@@ -109,7 +113,10 @@ class Policy(Protocol):
 
     def warmup(self) -> None: ...
 
-    def predict(self, images: Sequence[Any], instruction: str, proprio: Any = None) -> PolicyOutput: ...
+    def predict(self, images: Sequence[Any], instruction: str, proprio: Any = None) -> PolicyOutput:
+        """Raises :class:`InputError` for an observation it cannot use and FloatingPointError for non-finite
+        actions; anything else is a fault of the model or the device."""
+        ...
 
     def release(self) -> None:
         """Free the weights and any accelerator memory; the policy is unusable afterwards."""

@@ -38,7 +38,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
-from lightvla_ros.contract import Policy, PolicySettings
+from lightvla_ros.contract import InputError, Policy, PolicySettings
 from lightvla_ros.ros import messages
 from lightvla_ros.ros.actuation import Actuator, make_actuator
 from lightvla_ros.ros.core import chunks as chunk_math
@@ -439,8 +439,6 @@ class LightVLANode(LifecycleNode):
 
     def _inference_failed(self, exc: Exception, now: float) -> None:
         """Sort a failed prediction into bad input (WARN), non-finite output or a model fault."""
-        from lightvla_ros.model.errors import InputError
-
         text, health = error_text(exc), self._health
         if isinstance(exc, InputError):
             health.input_error, health.input_error_at = text, now
