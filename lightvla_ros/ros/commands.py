@@ -22,11 +22,11 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from lightvla_ros.ros.core.status import LEVEL_NAMES
 from lightvla_ros.ros.entry import spin_until
 
 DEFAULT_INSTRUCTION = 'put the black bowl on the plate'
 SPIN_PERIOD = 0.05  # s; the clients here only wait for discovery, readiness or a deadline
-LEVELS = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}
 INSTRUCTION_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.VOLATILE)
 
@@ -119,7 +119,7 @@ def cmd_instruct(args: argparse.Namespace) -> int:
 
 def format_status(status: DiagnosticStatus, brief: bool = False) -> str:
     """Readable text of one DiagnosticStatus: level, name and message, then its values."""
-    level = LEVELS.get(status.level[0] if isinstance(status.level, bytes) else int(status.level),
+    level = LEVEL_NAMES.get(status.level[0] if isinstance(status.level, bytes) else int(status.level),
                        '?')
     lines = [f'[{level:<5}] {status.name}: {status.message}']
     if not brief:
