@@ -196,15 +196,14 @@ class LightVLANode(LifecycleNode):
         """Load and check the policy; None (reported) when it cannot be used."""
         model, log = self._health.model, self.get_logger()
         start = time.monotonic()
+        policy: Policy | None = None
         try:
             model.stage = f'loading checkpoint {cfg.checkpoint}'
             log.info(f'loading model from {cfg.checkpoint} on {cfg.device} ...')
             policy = self._policy_factory(cfg.policy_settings())
             problem = self._model_mismatch(cfg, policy)
             if problem:
-                policy.release()
-                self._fail_model('failed', problem)
-                return None
+                raise ValueError(problem)
             model.device, model.dtype = str(policy.device), str(policy.dtype)
             self._diagnostics.set_hardware_id(policy.device_name)
             if cfg.warmup:
@@ -212,6 +211,8 @@ class LightVLANode(LifecycleNode):
                 log.info('warming up ...')
                 policy.warmup()
         except Exception as exc:  # any load failure is reported; the node keeps running
+            if policy is not None:
+                policy.release()  # a half-configured model must not keep its memory
             self._fail_model('failed', error_text(exc))
             return None
         model.num_images, model.chunk_len = policy.num_images, policy.chunk_len

@@ -572,3 +572,14 @@ def test_a_subscriber_with_incompatible_qos_on_an_output_is_reported(make_harnes
     h.tester.create_subscription(Float32MultiArray, '/action_chunk', lambda msg: None, latched)
     status = h.wait_status('outputs', lambda s: 'DURABILITY' in s.message)
     assert level(status) == 1 and 'a subscriber on /action_chunk gets nothing' in status.message
+
+
+def test_a_model_that_fails_after_loading_is_released(make_harness):
+    class BrokenWarmup(FakePolicy):
+        def warmup(self) -> None:
+            raise RuntimeError('CUDA error: out of memory')
+
+    factory = CountingFactory(BrokenWarmup)
+    h = make_harness(factory=factory, autostart=False)
+    assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert factory.released == 1 and 'out of memory' in h.node.model_error
