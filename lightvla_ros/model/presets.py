@@ -1,30 +1,68 @@
-"""Model shapes the benchmark runs, and how they are built with random weights.
+"""Model shapes with random weights: the one registry of presets, and the one builder of random models.
 
-``tiny``: the size of the test fixture (ViTs 48 wide, a 2-layer 64-wide Llama): checks the benchmark itself.
-``7b-shaped``: the released 7B architecture shrunk so a 2-core CPU runs it in seconds, with the same FLOPs
-    proportions between stages and between kept-token counts (see :func:`seven_b_shaped_config`).
 ``7b``: the released architecture (DINOv2-L + SigLIP-So400m, Llama-2-7B), for GPUs.
+``7b-shaped``: the 7B architecture shrunk so a 2-core CPU runs it in seconds, with the same FLOPs proportions
+    between stages and between kept-token counts (see :func:`seven_b_shaped_config`).
+``tiny``: a few hundred thousand parameters with the release's token counts (two 224 px cameras, 512 patches, 8-d
+    proprio, 8x7 chunks): ``lightvla make-tiny``, the demo and the tests.
 
-All three are built on the meta device and materialised directly on the target device and dtype, so the 7B
-model never exists in float32 on the host.
+Every preset is built by :func:`random_model`, directly on the target device and in the target dtype, so the 7B
+model never exists in float32 on the host. (The pruning study's 16-token toy model lives with the study, in
+``experiments/pruning_study/toy.py``, and is built by the same function.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
-from torch import nn
 
 from lightvla_ros.model.checkpoint import cast_model
 from lightvla_ros.model.configuration import PruningConfig, VLAConfig
-from lightvla_ros.model.flops import OPENVLA_OFT_7B_CONFIG, openvla_oft_7b_config
 from lightvla_ros.model.modeling import LightVLAForActionPrediction
-from lightvla_ros.model.tiny import tiny_config
 
+# The released LIBERO checkpoints' config.json, reduced to what differs from the reference's Llama defaults.
+OPENVLA_OFT_7B_CONFIG = {
+    "model_type": "openvla",
+    "timm_model_ids": ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
+    "image_sizes": [224, 224],
+    "timm_override_act_layers": [None, None],
+    "use_fused_vision_backbone": True,
+    "pad_token_id": 32000,
+    "text_config": {"model_type": "llama", "vocab_size": 32064, "rms_norm_eps": 1e-5, "pad_token_id": 32000},
+    "lightvla": {"num_images": 2, "proprio_dim": 8, "action_dim": 7, "chunk_len": 8},
+}
 SEVEN_B_SHRINK = 8
 _MLP_RATIO_STEP = 8  # MLP ratios are rounded to multiples of 1/8: exact in binary, so timm's int(w * ratio) is exact
+
+
+def openvla_oft_7b_config() -> VLAConfig:
+    """The released LIBERO checkpoints' architecture (DINOv2-L + SigLIP-So400m, Llama-2-7B, 2 cameras, proprio)."""
+    return VLAConfig.from_dict(copy.deepcopy(OPENVLA_OFT_7B_CONFIG))
+
+
+def tiny_config(vocab_size: int, prefix_token_id: int, hidden: int = 64, layers: int = 2, num_images: int = 2,
+                proprio_dim: int | None = 8) -> VLAConfig:
+    """The release's token layout with ViTs 48 wide and 3 blocks deep and a ``layers`` x ``hidden`` Llama."""
+    padded_vocab = -(-vocab_size // 64) * 64
+    return VLAConfig.from_dict({
+        "model_type": "openvla",
+        "timm_model_ids": ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
+        "timm_model_kwargs": [{"embed_dim": 48, "depth": 3, "num_heads": 3}, {"embed_dim": 48, "depth": 3, "num_heads": 3}],
+        "image_sizes": [224, 224],
+        "timm_override_act_layers": [None, None],
+        "use_fused_vision_backbone": True,
+        "image_resize_strategy": "resize-naive",
+        "pad_token_id": 3,
+        "text_config": {"model_type": "llama", "vocab_size": padded_vocab, "hidden_size": hidden, "intermediate_size": 4 * hidden,
+                        "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 4,
+                        "rms_norm_eps": 1e-5, "pad_token_id": 3, "bos_token_id": 1, "eos_token_id": 2},
+        "lightvla": {"num_images": num_images, "proprio_dim": proprio_dim, "action_dim": 7, "chunk_len": 8, "stop_token_id": 2,
+                     "action_prefix_token_id": prefix_token_id},
+    })
 
 
 @dataclass(frozen=True)
@@ -101,12 +139,7 @@ class Preset:
     name: str
     description: str
     make_config: Callable[[int, int], VLAConfig]  # (tokenizer vocabulary size, id of the action-prefix token)
-    # rows of the LM head the authors' path evaluates: the 7B's vocabulary, scaled like every other width in
-    # 7b-shaped so that its share of the cost stays the 7B's
-    lm_head_rows: Callable[[VLAConfig], int]
-    reps: int
-    warmup: int
-    cpu_ok: bool = True
+    cpu_ok: bool = True  # False: too large for a CPU (minutes per forward)
 
 
 def _with_prefix(config: VLAConfig, prefix: int) -> VLAConfig:
@@ -114,47 +147,33 @@ def _with_prefix(config: VLAConfig, prefix: int) -> VLAConfig:
     return config
 
 
-def _vocab(config: VLAConfig) -> int:
-    return int(config.text["vocab_size"])
-
-
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("tiny", "test-fixture sized (ViTs 48 wide, Llama 64 wide x 2 layers)",
-                   tiny_config, _vocab, reps=5, warmup=1),
+    "tiny": Preset("tiny", "test-fixture sized (ViTs 48 wide, Llama 64 wide x 2 layers)", tiny_config),
     "7b-shaped": Preset("7b-shaped", f"OpenVLA-OFT 7B with widths and depths / {SEVEN_B_SHRINK}, MLPs widened: every stage's "
-                        f"FLOPs = 7B / {SEVEN_B_SHRINK ** 2}", lambda vocab, prefix: _with_prefix(seven_b_shaped_config(), prefix),
-                        lambda c: _vocab(c) // SEVEN_B_SHRINK, reps=12, warmup=2),
+                        f"FLOPs = 7B / {SEVEN_B_SHRINK ** 2}", lambda vocab, prefix: _with_prefix(seven_b_shaped_config(), prefix)),
     "7b": Preset("7b", "OpenVLA-OFT 7B (DINOv2-L + SigLIP-So400m, Llama-2-7B), random weights",
-                 lambda vocab, prefix: _with_prefix(openvla_oft_7b_config(), prefix),
-                 _vocab, reps=30, warmup=5, cpu_ok=False),
+                 lambda vocab, prefix: _with_prefix(openvla_oft_7b_config(), prefix), cpu_ok=False),
 }
 
 
-def materialize(config: VLAConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> LightVLAForActionPrediction:
-    """A randomly initialised model built on the meta device, then allocated once on ``device`` in ``dtype``."""
-    with torch.device("meta"):
-        model = LightVLAForActionPrediction(config, PruningConfig())
-    cast_model(model, dtype, "meta")
-    model.to_empty(device=device)
-    init_random_(model, seed)
-    model.restore_rope_precision()
-    return model.eval()
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
-@torch.no_grad()
-def init_random_(model: nn.Module, seed: int) -> None:
-    """Deterministic random weights of sensible scale: each layer's own initialiser, unit norms, N(0, 0.02) else."""
-    torch.manual_seed(seed)
-    done: set[int] = set()
-    for module in model.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
-            done.update(id(p) for p in module.parameters(recurse=False))
-    for name, param in model.named_parameters():
-        if id(param) in done:
-            continue
-        if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
-            param.fill_(1.0)
-        else:
-            param.normal_(0.0, 0.02)
+def random_model(config: VLAConfig, pruning: PruningConfig | None = None, *, seed: int | None = 0,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LightVLAForActionPrediction:
+    """A model with each layer's own random initialisation, created on ``device`` in ``dtype`` (the proprio
+    projector and RoPE frequencies in float32, as loaded checkpoints have them). ``seed`` None: torch's current
+    random state (for callers that seed once for several draws)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device), _default_dtype(dtype):
+        model = LightVLAForActionPrediction(config, pruning or PruningConfig())
+    cast_model(model, dtype, device)
+    return model
