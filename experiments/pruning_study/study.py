@@ -405,7 +405,7 @@ def plot_kept_tokens(checkpoints: dict[str, Path], ks: dict[str, int], path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lightvla_ros.training import toy
+    from experiments.pruning_study import toy
 
     rng = np.random.default_rng(77)
     cases = [(toy.sample_scene(rng, variant), toy.random_start(rng).astype(np.float32)) for _ in range(scenes)]
