@@ -95,7 +95,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from benchmarks import harness, report
     from benchmarks.roofline import detect_device
-    from lightvla_ros.model.acceleration import Acceleration, accelerate, set_allocator
+    from lightvla_ros.model.acceleration import Acceleration, accelerate
+    from lightvla_ros.model.allocator import set_allocator
     from lightvla_ros.policy import resolve_device, resolve_dtype
 
     if args.threads:

@@ -44,12 +44,14 @@ def _load_image(path: str) -> np.ndarray:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lightvla_ros.model.acceleration import Acceleration, accelerate, set_allocator
+    from lightvla_ros.model.allocator import set_allocator
+
+    if not set_allocator(args.allocator):
+        print(f"--allocator {args.allocator}: not available here (needs glibc); using the default", file=sys.stderr)
+    from lightvla_ros.model.acceleration import Acceleration, accelerate
     from lightvla_ros.policy import LightVLAPolicy
 
     images = [_load_image(p) for p in args.image]
-    if not set_allocator(args.allocator):
-        print(f"--allocator {args.allocator}: not available here (needs glibc); using the default", file=sys.stderr)
     policy = LightVLAPolicy.from_checkpoint(
         args.checkpoint, device=args.device, dtype=args.dtype, pruning=args.pruning, max_kept_tokens=args.max_kept_tokens,
         unnorm_key=args.unnorm_key, center_crop=args.center_crop, readout=args.readout, num_images=len(images),

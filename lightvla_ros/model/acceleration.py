@@ -1,5 +1,5 @@
-"""Inference speed-ups that leave the results unchanged: ``torch.compile`` of the per-token stages with CUDA graphs
-over bucketed kept-token counts (GPUs), and the allocator setting (CPUs).
+"""Optional speed-ups for GPUs: ``torch.compile`` of the per-token stages and CUDA graphs over bucketed kept counts
+(the CPU allocator setting is in :mod:`lightvla_ros.model.allocator`).
 
 The pruned LLM input has a data-dependent length (1 + K + task tokens). Compiled kernels and CUDA graphs want
 static shapes, so the kept tokens are padded up to the next bucket (masked keys: the result is unchanged) and
@@ -13,22 +13,17 @@ there; use ``mode="none"`` (eager, SDPA) in bf16/fp16 on Jetson.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch._dynamo
 
-from lightvla_ros.model.configuration import ALLOCATORS, COMPILE_MODES
+from lightvla_ros.model.configuration import COMPILE_MODES
 from lightvla_ros.model.errors import InputError
 from lightvla_ros.model.modeling import LightVLAForActionPrediction
 
 # One graph per bucket: many small buckets waste little padding but cost warm-up time and graph memory.
 DEFAULT_BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
 
 
 @dataclass(frozen=True)
@@ -70,29 +65,3 @@ def accelerate(model: LightVLAForActionPrediction, acceleration: Acceleration) -
     for layer in model.llm.layers:
         layer.compile(**options)
     model.action_head.compile(**options)
-
-
-def keep_allocations_on_heap() -> bool:
-    """Make glibc's malloc reuse freed memory instead of unmapping and re-mapping it. Returns whether it applied.
-
-    glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh ``mmap`` pages and unmaps them on free,
-    so every forward pass page-faults its large activations in again (about 200k faults and 0.6 s of kernel time
-    per unpruned 7b-shaped forward on the benchmark VM). With mmap disabled and a high trim threshold, freed blocks
-    stay in the heap and are reused. The process keeps its peak memory; results are unchanged. Only glibc (Linux).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
-    if not hasattr(libc, "mallopt"):
-        return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-
-
-def set_allocator(allocator: str) -> bool:
-    """Apply an :data:`ALLOCATORS` choice process-wide; returns whether the process now uses it."""
-    if allocator not in ALLOCATORS:
-        raise InputError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {allocator!r}")
-    return allocator == "default" or keep_allocations_on_heap()

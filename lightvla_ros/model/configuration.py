@@ -43,7 +43,7 @@ READOUT_MODES = ("last", "aligned")
 NOISE_KINDS = ("uniform", "gumbel")
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")  # auto: bfloat16 on CUDA, float32 on the CPU
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # torch.compile; see model/acceleration.py
-ALLOCATORS = ("default", "heap")  # heap: keep freed activations in glibc's heap (see model/acceleration.py)
+ALLOCATORS = ("default", "heap")  # heap: keep freed activations in glibc's heap (see model/allocator.py)
 
 
 @dataclass

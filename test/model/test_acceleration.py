@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from lightvla_ros.model.acceleration import DEFAULT_BUCKETS, Acceleration, accelerate, set_allocator
+from lightvla_ros.model.acceleration import DEFAULT_BUCKETS, Acceleration, accelerate
+from lightvla_ros.model.allocator import set_allocator
 from lightvla_ros.model.configuration import PruningConfig
 from lightvla_ros.model.errors import InputError
 from lightvla_ros.model.presets import random_model, tiny_config
@@ -46,7 +47,7 @@ def test_bucketed_and_compiled_model_gives_the_same_actions(method):
 
 def test_heap_allocator_switch_applies_on_glibc():
     """Run in a child process: the switch is process-wide."""
-    code = "from lightvla_ros.model.acceleration import set_allocator; print(set_allocator('heap'))"
+    code = "from lightvla_ros.model.allocator import set_allocator; print(set_allocator('heap'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
     assert out == ("True" if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc" else "False")
 
