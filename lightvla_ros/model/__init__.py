@@ -2,14 +2,14 @@
 checkpoint I/O, preprocessing and FLOPs accounting. Nothing here imports rclpy."""
 
 from lightvla_ros.model.configuration import (
-           ALLOCATORS,
-           COMPILE_MODES,
-           DTYPE_CHOICES,
-           NOISE_KINDS,
-           PRUNING_METHODS,
-           READOUT_MODES,
-           PruningConfig,
-           VLAConfig,
+    ALLOCATORS,
+    COMPILE_MODES,
+    DTYPE_CHOICES,
+    NOISE_KINDS,
+    PRUNING_METHODS,
+    READOUT_MODES,
+    PruningConfig,
+    VLAConfig,
 )
 from lightvla_ros.model.errors import CheckpointError, InputError, LightVLAError
 
