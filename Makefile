@@ -33,7 +33,12 @@ $(TINY)/config.json: $(STAMP)
 tiny: $(TINY)/config.json
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q test
+
+# The model benchmark on this machine (docs/performance.md); the harness runs from the checkout, it is not installed.
+bench: $(STAMP)
+	$(PY) -m benchmarks
 
 # The main job on a plain machine: the ROS 2 node with a synthetic demo camera and an instruction, for a bounded time,
 # printing each chunk and the pruning statistics and saving a debug image of the kept tokens.

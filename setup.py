@@ -36,13 +36,14 @@ EXTRAS = {
         "rosbags-image>=0.9",
     ],
     "train": ["peft>=0.13", "rosbags>=0.10", "pyarrow>=15", "matplotlib>=3.8"],
-    "dev": ["pytest>=8", "matplotlib>=3.8", "peft>=0.13", "rosbags>=0.10", "rosbags-image>=0.9", "pyarrow>=15"],
+    "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "peft>=0.13", "rosbags>=0.10", "rosbags-image>=0.9", "pyarrow>=15"],
 }
 
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(exclude=["test", "test.*"]),
+    # only the product: experiments/ (the pruning study) and benchmarks/ run from a checkout and are not installed
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Run the LightVLA benchmark from a checkout: ``python benchmarks/run.py [lightvla bench options]``.
+"""Run the LightVLA benchmark from a checkout without ``-m``: ``python benchmarks/run.py [options]``.
 
-Same as ``lightvla bench``; see ``docs/performance.md``.
+Same as ``python -m benchmarks``; see ``docs/performance.md``.
 """
 
 import sys
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightvla_ros.cli import main  # noqa: E402
+from benchmarks.commands import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", *sys.argv[1:]]))
+    sys.exit(main())

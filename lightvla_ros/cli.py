@@ -1,9 +1,10 @@
 """``lightvla``: the command line.
 
 ``predict``, ``make-tiny`` and ``flops`` need no ROS. ``demo``, ``instruct`` and ``monitor`` (from
-:mod:`lightvla_ros.ros.commands`) stand in for the ROS 2 CLI where it is missing; ``bench`` and ``train`` come from
-:mod:`lightvla_ros.bench.commands` and :mod:`lightvla_ros.training.commands`. Each such module exposes
-``register(subparsers)``.
+:mod:`lightvla_ros.ros.commands`) stand in for the ROS 2 CLI where it is missing; ``train`` comes from
+:mod:`lightvla_ros.training.commands`. Each such module exposes ``register(subparsers)``. The benchmark and the
+pruning study are not part of the package: ``python -m benchmarks`` and ``python -m experiments.pruning_study`` in a
+checkout.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lightvla_ros.model.configuration import ALLOCATORS, COMPILE_MODES, DTYPE_CHOICES, PRUNING_METHODS, READOUT_MODES
 from lightvla_ros.model.errors import LightVLAError
 
 
@@ -42,6 +44,11 @@ def _load_image(path: str) -> np.ndarray:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from lightvla_ros.model.allocator import set_allocator
+
+    if not set_allocator(args.allocator):
+        print(f"--allocator {args.allocator}: not available here (needs glibc); using the default", file=sys.stderr)
+    from lightvla_ros.model.acceleration import Acceleration, accelerate
     from lightvla_ros.policy import LightVLAPolicy
 
     images = [_load_image(p) for p in args.image]
@@ -49,6 +56,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.checkpoint, device=args.device, dtype=args.dtype, pruning=args.pruning, max_kept_tokens=args.max_kept_tokens,
         unnorm_key=args.unnorm_key, center_crop=args.center_crop, readout=args.readout, num_images=len(images),
     )
+    accelerate(policy.model, Acceleration.for_mode(args.compile))
     out = policy.predict(images, args.instruction, _parse_proprio(args.proprio))
     if args.json:
         print(json.dumps({**out.to_json(), "unnorm_key": policy.unnorm_key, "device": policy.device, "dtype": policy.dtype}))
@@ -76,7 +84,8 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 def cmd_flops(args: argparse.Namespace) -> int:
     from lightvla_ros.model.checkpoint import CheckpointFiles, read_config
-    from lightvla_ros.model.flops import ModelShape, count_flops, openvla_oft_7b_config
+    from lightvla_ros.model.flops import ModelShape, count_flops
+    from lightvla_ros.model.presets import openvla_oft_7b_config
 
     if args.checkpoint:
         config, _ = read_config(CheckpointFiles.discover(args.checkpoint), None)
@@ -105,11 +114,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--proprio", help="robot state, comma-separated (required when the checkpoint has a proprio projector)")
     p.add_argument("--unnorm-key", help="dataset statistics key (default: the only one)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto|bfloat16|float16|float32")
-    p.add_argument("--pruning", default="lightvla", choices=["lightvla", "lightvla_star", "none"])
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto: bfloat16 on CUDA, float32 on the CPU")
+    p.add_argument("--pruning", default="lightvla", choices=PRUNING_METHODS)
     p.add_argument("--max-kept-tokens", type=int, help="cap on kept visual tokens")
-    p.add_argument("--readout", default="last", choices=["last", "aligned"], help="action read-out positions (see README)")
+    p.add_argument("--readout", default="last", choices=READOUT_MODES, help="action read-out positions (see README)")
     p.add_argument("--center-crop", action="store_true", help="90%%-area centre crop (LIBERO-trained checkpoints)")
+    p.add_argument("--compile", default="none", choices=COMPILE_MODES,
+                   help="torch.compile the model (reduce-overhead: CUDA graphs over kept-token buckets; pays off over many "
+                   "calls, as in the node, not for one prediction)")
+    p.add_argument("--allocator", default="default", choices=ALLOCATORS,
+                   help="heap: keep freed activations in glibc's heap (faster unpruned CPU inference; docs/performance.md)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
 
@@ -138,9 +152,7 @@ OPTIONAL_COMMANDS = {
     "demo": "lightvla_ros.ros.commands",
     "instruct": "lightvla_ros.ros.commands",
     "monitor": "lightvla_ros.ros.commands",
-    "bench": "lightvla_ros.bench.commands",
     "train": "lightvla_ros.training.commands",
-    "study": "lightvla_ros.training.commands",
 }
 
 

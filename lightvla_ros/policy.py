@@ -21,13 +21,13 @@ import torch
 
 from lightvla_ros.contract import Observation, PolicyOutput, PolicySettings
 from lightvla_ros.model.checkpoint import CheckpointFiles, load_model
-from lightvla_ros.model.configuration import READOUT_MODES, PruningConfig
+from lightvla_ros.model.configuration import DTYPE_CHOICES, READOUT_MODES, PruningConfig
 from lightvla_ros.model.errors import CheckpointError, InputError
 from lightvla_ros.model.flops import ModelShape, count_flops
 from lightvla_ros.model.modeling import LightVLAForActionPrediction, StageTimer
 from lightvla_ros.model.processing import ImageProcessor, Normalizer, PromptBuilder, pad_prompts
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_CHOICES if name != "auto"}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -134,7 +134,8 @@ class LightVLAPolicy:
                 raise CheckpointError(f"{files.statistics} is not valid JSON ({exc})") from exc
         normalizer = Normalizer.from_statistics(statistics, unnorm_key)
         if model.config.proprio_dim is not None and normalizer.proprio_dim != model.config.proprio_dim:
-            raise CheckpointError(f"statistics {normalizer.key!r} describe a {normalizer.proprio_dim}-d state, the proprio projector takes {model.config.proprio_dim}")
+            raise CheckpointError(f"statistics {normalizer.key!r} describe a {normalizer.proprio_dim}-d state, "
+                                  f"the proprio projector takes {model.config.proprio_dim}")
         return cls(model, files, normalizer, center_crop, torch_device)
 
     # ------------------------------------------------------------------------------------------ properties

@@ -1,4 +1,10 @@
-"""Shared test fixtures: the reference fixture checkpoint with its goldens, and a tiny checkpoint made by us."""
+"""Shared test fixtures: the reference fixture (a checkpoint the authors' code ran, with its golden outputs) and a
+random tiny checkpoint made by us.
+
+Tests mirror the code: ``test/model`` and ``test/training`` for the package, ``test/benchmarks`` and
+``test/experiments`` for the code run from a checkout. Test file names are unique across folders (pytest imports
+them by name). Markers (registered in setup.cfg): ``slow``, ``ros``, ``golden``.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ def fixtures_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def oft_tiny() -> Path:
+def reference_fixture() -> Path:
+    """The reference fixture checkpoint folder ``oft-tiny-libero`` (skips the test when it is absent)."""
     path = fixtures_root() / "oft-tiny-libero"
     if not path.is_dir():
         pytest.skip(f"reference fixture folder {path} is absent (set LIGHTVLA_FIXTURES to the folder holding oft-tiny-libero)")
@@ -26,15 +33,17 @@ def oft_tiny() -> Path:
 
 
 @pytest.fixture(scope="session")
-def golden(oft_tiny: Path) -> dict:
-    data = json.loads((oft_tiny / "golden.json").read_text())
-    arrays = np.load(oft_tiny / "golden_arrays.npz")
+def reference_golden(reference_fixture: Path) -> dict:
+    """The reference code's outputs on the fixture: ``cases`` from golden.json, ``arrays`` from golden_arrays.npz."""
+    data = json.loads((reference_fixture / "golden.json").read_text())
+    arrays = np.load(reference_fixture / "golden_arrays.npz")
     data["arrays"] = {k: arrays[k] for k in arrays.files}
     return data
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def random_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``lightvla make-tiny``'s checkpoint (random weights, seed 0), written once per session."""
     from lightvla_ros.model.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)

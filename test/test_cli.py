@@ -10,23 +10,25 @@ import numpy as np
 import pytest
 
 from lightvla_ros.cli import main
-from lightvla_ros.model.flops import ModelShape, count_flops, openvla_oft_7b_config
+from lightvla_ros.model.flops import ModelShape, count_flops
+from lightvla_ros.model.presets import openvla_oft_7b_config
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lightvla_ros.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def predict_args(oft_tiny, case, *extra):
-    images = [a for name in case["images"] for a in ("--image", str(oft_tiny / name))]
+def predict_args(reference_fixture, case, *extra):
+    images = [a for name in case["images"] for a in ("--image", str(reference_fixture / name))]
     proprio = ",".join(repr(v) for v in case["proprio_raw"])
-    return ["predict", "--checkpoint", str(oft_tiny), *images, "--instruction", case["instruction"],
+    return ["predict", "--checkpoint", str(reference_fixture), *images, "--instruction", case["instruction"],
             "--proprio", proprio, "--device", "cpu", "--dtype", "float32", *extra]
 
 
-def test_predict_json_reproduces_the_golden_case(oft_tiny, golden, capsys):
-    case = golden["cases"][1]
-    assert main(predict_args(oft_tiny, case, "--json")) == 0
+@pytest.mark.golden
+def test_predict_json_reproduces_the_golden_case(reference_fixture, reference_golden, capsys):
+    case = reference_golden["cases"][1]
+    assert main(predict_args(reference_fixture, case, "--json")) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"actions", "normalized_actions", "kept_patch_indices", "num_kept", "num_patches", "timings_ms"} <= set(out)
     assert out["kept_patch_indices"] == case["kept_patch_indices"] and out["num_patches"] == 512
@@ -34,9 +36,9 @@ def test_predict_json_reproduces_the_golden_case(oft_tiny, golden, capsys):
     assert {"vision", "projector", "pruner", "llm", "head", "total"} <= set(out["timings_ms"])
 
 
-def test_predict_errors_are_one_clear_line(oft_tiny, golden, tmp_path):
-    case = golden["cases"][0]
-    result = run_cli(*predict_args(oft_tiny, case, "--unnorm-key", "nope"))
+def test_predict_errors_are_one_clear_line(reference_fixture, reference_golden, tmp_path):
+    case = reference_golden["cases"][0]
+    result = run_cli(*predict_args(reference_fixture, case, "--unnorm-key", "nope"))
     assert result.returncode == 2
     assert "unknown unnorm key 'nope'; available: libero_spatial_no_noops" in result.stderr
     assert "Traceback" not in result.stderr
@@ -44,18 +46,18 @@ def test_predict_errors_are_one_clear_line(oft_tiny, golden, tmp_path):
     from PIL import Image
 
     Image.fromarray(np.zeros((8, 8), np.uint16)).save(grey)
-    result = run_cli("predict", "--checkpoint", str(oft_tiny), "--image", str(grey), "--image", str(grey),
+    result = run_cli("predict", "--checkpoint", str(reference_fixture), "--image", str(grey), "--image", str(grey),
                      "--instruction", "go", "--proprio", "0,0,0,0,0,0,0,0")
     assert result.returncode == 2 and "RGB-like" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_checkpoint_and_nan_state_are_explained(oft_tiny, golden, tmp_path, capsys):
-    case = golden["cases"][0]
-    args = predict_args(oft_tiny, case)
-    args[args.index(str(oft_tiny))] = str(tmp_path / "nowhere")
+def test_missing_checkpoint_and_nan_state_are_explained(reference_fixture, reference_golden, tmp_path, capsys):
+    case = reference_golden["cases"][0]
+    args = predict_args(reference_fixture, case)
+    args[args.index(str(reference_fixture))] = str(tmp_path / "nowhere")
     assert main(args) == 2
     assert "does not exist" in capsys.readouterr().err
-    args = predict_args(oft_tiny, case)
+    args = predict_args(reference_fixture, case)
     args[args.index("--proprio") + 1] = "0,0,nan,0,0,0,0,0"
     assert main(args) == 2
     assert "NaN/inf" in capsys.readouterr().err

@@ -15,8 +15,8 @@ STATE = np.zeros(8)
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_checkpoint):
-    return LightVLAPolicy.from_checkpoint(tiny_checkpoint, device="cpu")
+def policy(random_tiny_checkpoint):
+    return LightVLAPolicy.from_checkpoint(random_tiny_checkpoint, device="cpu")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Reading and writing checkpoints in the released OpenVLA-OFT / LightVLA folder layout (digest section 5).
+"""Reading and writing checkpoints in the released OpenVLA-OFT / LightVLA folder layout (docs/model-notes.md §11).
 
 ``config.json``, ``model.safetensors`` (or shards plus ``model.safetensors.index.json``),
 ``action_head--{step}_checkpoint.pt`` and optionally ``proprio_projector--{step}_checkpoint.pt`` (DDP ``module.``
@@ -167,14 +167,6 @@ def read_config(files: CheckpointFiles, num_images: int | None) -> tuple[VLAConf
     pruning = ours.get("pruning")
     star = PruningConfig(**pruning) if pruning and pruning.get("method") == "lightvla_star" and files.star_pruner else None
     return config, star
-
-
-def build_model(config: VLAConfig, pruning: PruningConfig, device: str | torch.device = "cpu") -> LightVLAForActionPrediction:
-    """A randomly initialised model (for training from scratch, tests and benchmarks)."""
-    with torch.device(device):
-        model = LightVLAForActionPrediction(config, pruning)
-    model.restore_rope_precision()
-    return model
 
 
 def load_model(

@@ -7,7 +7,6 @@ code does, which ``include_lm_head=True`` reproduces for comparison with the pap
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -16,23 +15,6 @@ from lightvla_ros.model.configuration import VLAConfig
 
 # Llama-2-7B's LIBERO prompt is 20-35 tokens; this is the fixture's first case (with BOS).
 TYPICAL_PROMPT_TOKENS = 34
-
-OPENVLA_OFT_7B_CONFIG = {
-    "model_type": "openvla",
-    "timm_model_ids": ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
-    "image_sizes": [224, 224],
-    "timm_override_act_layers": [None, None],
-    "use_fused_vision_backbone": True,
-    "pad_token_id": 32000,
-    "text_config": {"model_type": "llama", "vocab_size": 32064, "rms_norm_eps": 1e-5, "pad_token_id": 32000},
-    "lightvla": {"num_images": 2, "proprio_dim": 8, "action_dim": 7, "chunk_len": 8},
-}
-
-
-def openvla_oft_7b_config() -> VLAConfig:
-    """The released LIBERO checkpoints' architecture (DINOv2-L + SigLIP-So400m, Llama-2-7B, 2 cameras, proprio)."""
-    return VLAConfig.from_dict(copy.deepcopy(OPENVLA_OFT_7B_CONFIG))
-
 
 @dataclass
 class FlopsBreakdown:
@@ -130,6 +112,7 @@ def count_flops(
     length = 1 + kept + task
     per_token = shape.llm_dim * (2 * shape.attn_dim + 2 * shape.kv_dim) + 3 * shape.llm_dim * shape.mlp_dim + 2 * length * shape.attn_dim
     llm = shape.llm_layers * length * per_token
-    head = shape.chunk_len * (shape.action_dim * shape.llm_dim * shape.head_hidden + 2 * shape.head_hidden ** 2 + shape.head_hidden * shape.action_dim)
+    hidden = shape.head_hidden
+    head = shape.chunk_len * (shape.action_dim * shape.llm_dim * hidden + 2 * hidden ** 2 + hidden * shape.action_dim)
     lm_head = length * shape.llm_dim * shape.vocab if include_lm_head else 0.0
     return FlopsBreakdown(2 * vision, 2 * projector, 2 * pruner, 2 * llm, 2 * head, 2 * lm_head, length, kept)

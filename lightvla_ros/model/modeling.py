@@ -1,6 +1,6 @@
 """The LightVLA network: OpenVLA-OFT (fused ViTs -> projector -> bidirectional Llama -> L1 head) plus pruning.
 
-LLM input per sample (digest 3.4): ``[BOS | visual patches | proprio | prompt ... 29871 | action slots | </s>]``.
+LLM input per sample (docs/model-notes.md §2-§3): ``[BOS | visual patches | proprio | prompt ... 29871 | action slots | </s>]``.
 The action-slot embeddings are zeroed ("parallel decoding"), attention is fully bidirectional (a key-padding
 mask only, never causal), kept patches keep their original RoPE positions, and the LM head is never evaluated.
 
@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -83,6 +83,36 @@ class VLAOutput:
     sequence_lengths: list[int]  # per sample, the LLM sequence length after pruning
     num_patches: int
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LayerInput:
+    """The input of one LLM decoder layer, as a :class:`TokenFilter` sees it (positions index the sequence)."""
+
+    index: int  # the decoder layer
+    hidden: torch.Tensor  # (B, L, D): [BOS | visual slots | task tokens]
+    attention_mask: torch.Tensor | None  # (B, 1, 1, L) additive key-padding mask; None without padding
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]  # RoPE (cos, sin) at the tokens' original positions
+    num_visual: int  # visual slots at positions 1 .. num_visual
+    visual_valid: torch.Tensor  # (B, num_visual) bool; False marks padding
+    slot_positions: torch.Tensor  # (B, chunk_len * action_dim): the positions the action head reads
+    previous: "LayerInput | None"  # the input of the layer before (None at layer 0)
+
+
+class TokenFilter(Protocol):
+    """A training-free pruner hooked into :meth:`LightVLAForActionPrediction.forward`.
+
+    At the input of decoder layer ``layer`` the model calls it with that layer's :class:`LayerInput` and keeps
+    the visual tokens it marks. Kept tokens keep their order and original RoPE positions, as with LightVLA's own
+    pruner. A filter at layer k can rank tokens by the attention of layer k-1: ``inputs.previous`` holds that
+    layer's input, and ``model.llm.layers[k - 1]`` its weights (FastV's rule).
+    """
+
+    layer: int
+
+    def __call__(self, inputs: LayerInput) -> torch.Tensor:
+        """(B, num_visual) bool: the visual tokens that go on into layer ``layer``."""
+        ...
 
 
 @dataclass
@@ -187,17 +217,22 @@ class LightVLAForActionPrediction(nn.Module):
         noise_scale: float = 0.0,
         generator: torch.Generator | None = None,
         timer: StageTimer | None = None,
+        token_filter: TokenFilter | None = None,
     ) -> VLAOutput:
         """Predict normalised action chunks.
 
         ``text_ids`` (B, L) right-padded rows ``[BOS, prompt..., 29871, slots..., </s>]`` of ``text_lengths``.
         In training mode (``self.train()``) pruning is the straight-through selection with ``noise_scale``.
+        ``token_filter`` (inference only) drops visual tokens at the input of one LLM layer, after this model's own
+        pruning: the hook for training-free pruners (see :class:`TokenFilter`).
         """
         stage = timer.stage if timer is not None else _no_timer
         num_images = num_images or self.config.num_images
         straight_through = self.training
         method = self.pruning.method
         star = self.star_pruner if method == "lightvla_star" else None
+        if token_filter is not None:
+            self._check_filter(token_filter, star)
 
         bos, task, task_mask = self._embed_text(text_ids, text_lengths, proprio)
 
@@ -222,7 +257,7 @@ class LightVLAForActionPrediction(nn.Module):
 
         seq = self._compose(bos, visual, task, task_mask)
         with stage("llm"):
-            hidden, seq, star_selection = self._run_llm(seq, star, straight_through, noise_scale, generator)
+            hidden, seq, star_selection = self._run_llm(seq, star, straight_through, noise_scale, generator, token_filter)
         selection = star_selection or selection
         with stage("head"):
             states = self.llm.norm(self._read_slots(hidden, seq))
@@ -318,27 +353,44 @@ class LightVLAForActionPrediction(nn.Module):
         mask.masked_fill_(~valid, torch.finfo(dtype).min)
         return mask[:, None, None, :]
 
-    def _run_llm(self, seq: _Sequence, star, straight_through, noise_scale, generator):
+    def _check_filter(self, token_filter: TokenFilter, star: LearnableQueryPruner | None) -> None:
+        if self.training:
+            raise InputError("a token filter prunes at inference only: call eval() first")
+        if not 0 <= token_filter.layer < len(self.llm.layers):
+            raise InputError(f"token filter at layer {token_filter.layer}, but the LLM has {len(self.llm.layers)} layers")
+        if star is not None and self.pruning.star_position == "llm" and self.pruning.star_llm_layer > 0:
+            raise InputError("a token filter cannot be combined with LightVLA* pruning inside the LLM")
+
+    def _run_llm(self, seq: _Sequence, star, straight_through, noise_scale, generator, token_filter: TokenFilter | None = None):
         prune_at = self.pruning.star_llm_layer if star is not None and self.pruning.star_position == "llm" else 0
+        filter_at = token_filter.layer if token_filter is not None else None
         selection = None
         hidden = seq.hidden
         mask = self._attention_mask(seq.valid, hidden.dtype)
         rope = self.llm.rotary_emb(hidden, seq.positions)
+        previous: LayerInput | None = None
         for index, layer in enumerate(self.llm.layers):
-            if prune_at and index == prune_at:
+            if (prune_at and index == prune_at) or index == filter_at:
                 n = seq.num_visual
                 current = VisualTokens(hidden[:, 1 : 1 + n], seq.visual.patch_index, seq.visual.valid)
                 task = hidden[:, 1 + n :]
-                selection = self._select(star, current, task, seq.task_mask, straight_through, noise_scale, generator)
-                seq = self._compose(hidden[:, :1], selection.apply(current), task, seq.task_mask)
+                if index == filter_at:
+                    inputs = LayerInput(index, hidden, mask, rope, n, seq.visual.valid, self._slot_positions(seq), previous)
+                    kept = current.kept(token_filter(inputs) & seq.visual.valid)
+                else:
+                    selection = self._select(star, current, task, seq.task_mask, straight_through, noise_scale, generator)
+                    kept = selection.apply(current)
+                seq = self._compose(hidden[:, :1], kept, task, seq.task_mask)
                 hidden = seq.hidden
                 mask = self._attention_mask(seq.valid, hidden.dtype)
                 rope = self.llm.rotary_emb(hidden, seq.positions)
+            if token_filter is not None:
+                previous = LayerInput(index, hidden, mask, rope, seq.num_visual, seq.visual.valid, self._slot_positions(seq), None)
             hidden = layer(hidden, attention_mask=mask, position_ids=seq.positions, position_embeddings=rope, is_causal=False)
         return hidden, seq, selection
 
-    def _read_slots(self, hidden: torch.Tensor, seq: _Sequence) -> torch.Tensor:
-        """Per sample, the hidden states the head reads.
+    def _slot_positions(self, seq: _Sequence) -> torch.Tensor:
+        """(B, slots): the positions whose hidden states the head reads.
 
         ``last`` (released LightVLA inference): the final chunk_len*action_dim positions, i.e. a2..a56 and </s>.
         ``aligned`` (what training and OFT inference use): the states one position before each slot, 29871..a55.
@@ -346,7 +398,11 @@ class LightVLAForActionPrediction(nn.Module):
         slots = self.config.num_action_slots
         end = 1 + seq.num_visual + seq.task_mask.sum(-1)  # one past each sample's stop token
         start = end - slots - (2 if self.readout == "aligned" else 0)
-        index = start[:, None] + torch.arange(slots, device=hidden.device)[None, :]
+        return start[:, None] + torch.arange(slots, device=seq.task_mask.device)[None, :]
+
+    def _read_slots(self, hidden: torch.Tensor, seq: _Sequence) -> torch.Tensor:
+        """Per sample, the hidden states the head reads (:meth:`_slot_positions`)."""
+        index = self._slot_positions(seq)
         return hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
 
     def _kept_indices(self, selection: Selection | None, visual: VisualTokens, num_images: int) -> list[torch.Tensor]:

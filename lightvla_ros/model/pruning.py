@@ -1,14 +1,14 @@
 """Visual-token pruning: LightVLA's parameter-free pruner and LightVLA*'s learnable-query pruner.
 
-Both score every visual patch against a set of task-conditioned queries (digest 1.2):
+Both score every visual patch against a set of task-conditioned queries (docs/model-notes.md §4):
 
     P^ = RMS(P), T^ = RMS(T)                    weightless RMS norm, eps 1e-6, computed in float32
     Q  = softmax(P^ T^T / sqrt(D)) T^           one query per patch (LightVLA) or per learnable vector (LightVLA*)
     S  = RMS(Q) P^T / sqrt(D)                   (queries x patches)
 
 Inference keeps the union of the per-query argmaxes, in ascending patch order, with the patches' original
-position ids (digest 1.3). Training keeps one slot per query, filled by a straight-through selection: the
-forward value is the one-hot argmax of the noisy scores, the gradient is that of their softmax (digest 1.4).
+position ids (model-notes §5). Training keeps one slot per query, filled by a straight-through selection: the
+forward value is the one-hot argmax of the noisy scores, the gradient is that of their softmax (model-notes §6).
 """
 
 from __future__ import annotations
@@ -117,6 +117,16 @@ class VisualTokens:
             torch.cat([self.valid, self.valid.new_zeros(batch, extra)], dim=1),
         )
 
+    def kept(self, keep: torch.Tensor) -> "VisualTokens":
+        """The tokens where ``keep`` (B, T) is True, in their order, padded per sample to the largest count."""
+        counts = keep.sum(-1)
+        width = max(int(counts.max()), 1)
+        order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[:, :width]  # kept first, ascending
+        valid = torch.arange(width, device=order.device)[None, :] < counts[:, None]
+        features = self.features.gather(1, order[..., None].expand(-1, -1, self.features.shape[-1]))
+        features = features * valid[..., None].to(features.dtype)
+        return VisualTokens(features, self.patch_index.gather(1, order), valid)
+
 
 @dataclass
 class Selection:
@@ -132,13 +142,7 @@ class Selection:
         if self.straight_through is not None:
             features = self.straight_through.to(tokens.features.dtype) @ tokens.features
             return VisualTokens(features, tokens.patch_index.gather(1, self.picks), torch.ones_like(self.picks, dtype=torch.bool))
-        counts = self.keep.sum(-1)
-        width = max(int(counts.max()), 1)
-        order = torch.argsort((~self.keep).to(torch.int8), dim=-1, stable=True)[:, :width]  # kept first, ascending
-        valid = torch.arange(width, device=order.device)[None, :] < counts[:, None]
-        features = tokens.features.gather(1, order[..., None].expand(-1, -1, tokens.features.shape[-1]))
-        features = features * valid[..., None].to(features.dtype)
-        return VisualTokens(features, tokens.patch_index.gather(1, order), valid)
+        return tokens.kept(self.keep)
 
     def kept_patch_indices(self, patch_index: torch.Tensor) -> list[torch.Tensor]:
         """Per sample, the ascending original indices of the kept patches."""

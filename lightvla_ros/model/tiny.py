@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from lightvla_ros.model.checkpoint import build_model, save_checkpoint
-from lightvla_ros.model.configuration import PruningConfig, VLAConfig
+from lightvla_ros.model.checkpoint import save_checkpoint
+from lightvla_ros.model.configuration import PruningConfig
+from lightvla_ros.model.presets import random_model, tiny_config
 
 TINY_VOCAB = 448
 TINY_LIBERO_KEY = "tiny_libero"
@@ -72,26 +72,6 @@ def tiny_statistics(seed: int, use_proprio: bool = True) -> dict:
     return stats
 
 
-def tiny_config(vocab_size: int, prefix_token_id: int, hidden: int = 64, layers: int = 2, num_images: int = 2,
-                proprio_dim: int | None = 8) -> VLAConfig:
-    padded_vocab = -(-vocab_size // 64) * 64
-    return VLAConfig.from_dict({
-        "model_type": "openvla",
-        "timm_model_ids": ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
-        "timm_model_kwargs": [{"embed_dim": 48, "depth": 3, "num_heads": 3}, {"embed_dim": 48, "depth": 3, "num_heads": 3}],
-        "image_sizes": [224, 224],
-        "timm_override_act_layers": [None, None],
-        "use_fused_vision_backbone": True,
-        "image_resize_strategy": "resize-naive",
-        "pad_token_id": 3,
-        "text_config": {"model_type": "llama", "vocab_size": padded_vocab, "hidden_size": hidden, "intermediate_size": 4 * hidden,
-                        "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 4,
-                        "rms_norm_eps": 1e-5, "pad_token_id": 3, "bos_token_id": 1, "eos_token_id": 2},
-        "lightvla": {"num_images": num_images, "proprio_dim": proprio_dim, "action_dim": 7, "chunk_len": 8, "stop_token_id": 2,
-                     "action_prefix_token_id": prefix_token_id},
-    })
-
-
 def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, pruning: PruningConfig | None = None, num_images: int = 2,
                          use_proprio: bool = True, hidden: int = 64, layers: int = 2) -> Path:
     """Write a random tiny checkpoint to ``out_dir`` (created if needed) and return the folder."""
@@ -103,8 +83,7 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, pruning: PruningCon
     prefix = Tokenizer.from_file(str(out / "tokenizer.json")).token_to_id("\u2581")
     config = tiny_config(vocab, prefix, hidden, layers, num_images, 8 if use_proprio else None)
     config.norm_stats = tiny_statistics(seed, use_proprio)
-    torch.manual_seed(seed)
-    model = build_model(config, pruning or PruningConfig())
+    model = random_model(config, pruning, seed=seed)
     (out / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "PrismaticImageProcessor", "image_resize_strategy": "resize-naive",
         "input_sizes": [[3, 224, 224], [3, 224, 224]], "interpolations": ["bicubic", "bicubic"],  # per featurizer

@@ -1,4 +1,4 @@
-"""The fused DINOv2 + SigLIP vision backbone, built with timm from the checkpoint's config (digest 3.1).
+"""The fused DINOv2 + SigLIP vision backbone, built with timm from the checkpoint's config (docs/model-notes.md §1).
 
 Features come from the second-to-last transformer block, without the final norm and without prefix tokens
 (CLS, registers). Each camera image is encoded on its own; per patch the features are [DINOv2 | SigLIP].

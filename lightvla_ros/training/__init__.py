@@ -1,2 +1,2 @@
-"""Fine-tuning with learned token pruning: data readers (rosbag2, LeRobot), statistics, augmentation, the trainer
-(``lightvla train``), the procedural toy task and the CPU pruning study (``lightvla study``)."""
+"""Fine-tuning with learned token pruning: data readers (rosbag2, LeRobot), statistics, augmentation and the trainer
+(``lightvla train``). The CPU pruning study built on it lives outside the package, in ``experiments/pruning_study``."""

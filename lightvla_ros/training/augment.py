@@ -1,4 +1,4 @@
-"""The reference's training-time image augmentation (digest 3.1), applied per camera image before processing.
+"""The reference's training-time image augmentation (docs/model-notes.md §1), applied per camera image before processing.
 
 In order: a random crop of 90% of the area (same aspect, ratio 1) resized back to the image size, then brightness
 (+-0.2, additive), contrast [0.8, 1.2], saturation [0.8, 1.2] and hue (+-0.05 of the colour circle), clipping to

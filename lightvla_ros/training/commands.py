@@ -1,10 +1,11 @@
-"""``lightvla train`` and ``lightvla study`` (registered by :mod:`lightvla_ros.cli`)."""
+"""``lightvla train`` (registered by :mod:`lightvla_ros.cli`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from lightvla_ros.model.configuration import NOISE_KINDS, PRUNING_METHODS, READOUT_MODES
 from lightvla_ros.training.trainer import TrainConfig
 
 
@@ -46,18 +47,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_study(args: argparse.Namespace) -> int:
-    from lightvla_ros.training.study import StudyConfig, render_from_results, run_study
-
-    config = StudyConfig(out=args.out, report=args.report, seeds=args.seeds, quick=args.quick, workers=args.workers,
-                         variant=args.variant)
-    if args.render_only:
-        render_from_results(config)
-    else:
-        run_study(config)
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="fine-tune a checkpoint with learned token pruning on rosbag2 / LeRobot data",
                               description="Fine-tune a release-layout checkpoint (LoRA or full) with LightVLA pruning.")
@@ -69,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-name", help="key in dataset_statistics.json (default: the data folder's name)")
     p.add_argument("--resume", help="continue from a run's output folder or one of its checkpoints/step-N folders")
     g = p.add_argument_group("pruning")
-    g.add_argument("--pruning", default="lightvla", choices=["lightvla", "lightvla_star", "none"])
-    g.add_argument("--noise", default="uniform", choices=["uniform", "gumbel"], help="selection noise (uniform = released code)")
+    g.add_argument("--pruning", default="lightvla", choices=PRUNING_METHODS)
+    g.add_argument("--noise", default="uniform", choices=NOISE_KINDS, help="selection noise (uniform = released code)")
     g.add_argument("--star-queries", type=int, default=64, help="LightVLA*: number of learnable queries")
     g.add_argument("--star-position", default="llm", choices=["llm", "vision"])
     g.add_argument("--star-llm-layer", type=int, default=1, help="LightVLA*: prune at the input of this LLM layer (0-3)")
@@ -93,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--no-augment", action="store_true", help="no image augmentation (then run inference without --center-crop)")
     g.add_argument("--loss", default="l1", choices=["l1", "mse"],
                    help="l1: the reference's; mse: only for a policy trained from scratch (L1 can collapse it to the median action)")
-    g.add_argument("--readout", default="last", choices=["last", "aligned"], help="action read-out; 'last' matches inference")
+    g.add_argument("--readout", default="last", choices=READOUT_MODES, help="action read-out; 'last' matches inference")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="base weights (auto: bf16 for LoRA on CUDA)")
     g.add_argument("--save-dtype", default="bfloat16", choices=["bfloat16", "float32"], help="dtype of saved weights")
     g.add_argument("--seed", type=int, default=7)
@@ -108,13 +97,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--skip-bad-episodes", action="store_true", help="drop episodes the data report flags instead of stopping")
     g.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
-
-    p = subparsers.add_parser("study", help="the CPU pruning study on the procedural reaching task (docs/pruning-study.md)")
-    p.add_argument("--out", default="build/pruning-study", help="working folder (checkpoints, metrics, results.json)")
-    p.add_argument("--report", default="docs/pruning-study.md", help="where to write the report (images go to its img/ folder)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="a much shorter run to check the pipeline (numbers not meaningful)")
-    p.add_argument("--workers", type=int, default=2, help="training processes (one thread each)")
-    p.add_argument("--variant", default="distinct", choices=["distinct", "confusable"], help="toy task variant (see toy.py)")
-    p.add_argument("--render-only", action="store_true", help="rewrite the report from OUT/results.json (no training)")
-    p.set_defaults(func=cmd_study)

@@ -1,6 +1,6 @@
 """``dataset_statistics.json`` computed from the training data, and the action normalisation it implies.
 
-Same layout and conventions as the released checkpoints (digest 3.7): q01/q99 bounds (``BOUNDS_Q99``), an action
+Same layout and conventions as the released checkpoints (docs/model-notes.md §9): q01/q99 bounds (``BOUNDS_Q99``), an action
 mask that leaves the gripper dimension(s) un-normalised, mean/std/min/max for reference, and the number of
 transitions and trajectories.
 """

@@ -1,4 +1,4 @@
-"""Fine-tuning with differentiable token pruning (digest 1.4-1.5).
+"""Fine-tuning with differentiable token pruning (docs/model-notes.md §6-§7).
 
 The recipe: start from a release-layout checkpoint; LoRA (rank 32, alpha 16, dropout 0, Gaussian init) on every
 linear layer of the vision encoders, projector and LLM, or full fine-tuning for small models; a fresh L1 head and
@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightvla_ros.model.checkpoint import CheckpointFiles, load_model, read_config, save_checkpoint
-from lightvla_ros.model.configuration import PruningConfig
+from lightvla_ros.model.configuration import READOUT_MODES, PruningConfig
 from lightvla_ros.model.errors import InputError
 from lightvla_ros.model.heads import L1RegressionActionHead, ProprioProjector
 from lightvla_ros.model.modeling import LightVLAForActionPrediction
@@ -86,7 +86,7 @@ class TrainConfig:
     chunk_len: int | None = None  # with fresh heads: the chunk length (default: the checkpoint's)
     gripper_dims: list[int] = field(default_factory=lambda: [-1])
     augment: bool = True
-    loss: str = "l1"  # l1 (the reference's); mse only to pre-train a base from scratch (see training/study.py)
+    loss: str = "l1"  # l1 (the reference's); mse only to pre-train a base from scratch (see experiments/pruning_study/study.py)
     readout: str = "last"
     dtype: str = "auto"  # base weights: auto = bfloat16 for LoRA on CUDA, else float32
     save_dtype: str = "bfloat16"
@@ -112,8 +112,8 @@ class TrainConfig:
         self.pruning_config()
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise InputError("steps, batch size and gradient accumulation must be >= 1")
-        if self.readout not in ("last", "aligned"):
-            raise InputError(f"readout must be 'last' or 'aligned', got {self.readout!r}")
+        if self.readout not in READOUT_MODES:
+            raise InputError(f"readout must be one of {', '.join(READOUT_MODES)}, got {self.readout!r}")
         if self.loss not in ("l1", "mse"):
             raise InputError(f"loss must be 'l1' or 'mse', got {self.loss!r}")
         if self.save_dtype not in ("bfloat16", "float32") or self.dtype not in ("auto", "bfloat16", "float32"):

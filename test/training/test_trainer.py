@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from experiments.pruning_study import toy
 from lightvla_ros.model.checkpoint import load_model
 from lightvla_ros.model.configuration import PruningConfig
 from lightvla_ros.policy import LightVLAPolicy
-from lightvla_ros.training import toy
 from lightvla_ros.training.trainer import STATE_FILE, TrainConfig, Trainer
 
 EPISODES = toy.make_episodes(24, seed=11)

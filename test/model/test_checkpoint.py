@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_rgb
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import load_rgb
 from lightvla_ros.model.checkpoint import load_model, save_checkpoint
 from lightvla_ros.model.errors import CheckpointError, InputError
 from lightvla_ros.policy import LightVLAPolicy
@@ -25,14 +25,15 @@ def copy_checkpoint(src: Path, dst: Path) -> Path:
     return dst
 
 
-def predict_case(checkpoint: Path, oft_tiny: Path, case: dict, **kwargs):
+def predict_case(checkpoint: Path, reference_fixture: Path, case: dict, **kwargs):
     policy = LightVLAPolicy.from_checkpoint(checkpoint, device="cpu", dtype="float32", **kwargs)
-    images = [load_rgb(oft_tiny / name) for name in case["images"]]
+    images = [load_rgb(reference_fixture / name) for name in case["images"]]
     return policy.predict(images, case["instruction"], case["proprio_raw"])
 
 
-def test_sharded_weights_with_index_load_like_a_single_file(oft_tiny, golden, tmp_path):
-    ckpt = copy_checkpoint(oft_tiny, tmp_path / "sharded")
+@pytest.mark.golden
+def test_sharded_weights_with_index_load_like_a_single_file(reference_fixture, reference_golden, tmp_path):
+    ckpt = copy_checkpoint(reference_fixture, tmp_path / "sharded")
     with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     (ckpt / "model.safetensors").unlink()
@@ -42,12 +43,13 @@ def test_sharded_weights_with_index_load_like_a_single_file(oft_tiny, golden, tm
         save_file({k: tensors[k] for k in names}, str(ckpt / name))
     weight_map = {k: name for name, names in shards.items() for k in names}
     (ckpt / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    out = predict_case(ckpt, oft_tiny, golden["cases"][0])
-    np.testing.assert_allclose(out.actions, golden["cases"][0]["actions"], atol=1e-4)
+    out = predict_case(ckpt, reference_fixture, reference_golden["cases"][0])
+    np.testing.assert_allclose(out.actions, reference_golden["cases"][0]["actions"], atol=1e-4)
 
 
-def test_saved_checkpoint_reloads_with_identical_predictions(oft_tiny, golden, tmp_path):
-    model, files = load_model(oft_tiny)
+@pytest.mark.golden
+def test_saved_checkpoint_reloads_with_identical_predictions(reference_fixture, reference_golden, tmp_path):
+    model, files = load_model(reference_fixture)
     save_checkpoint(model, tmp_path / "resaved", step=123, source=files)
     names = {p.name for p in (tmp_path / "resaved").iterdir()}
     assert {"config.json", "model.safetensors", "action_head--123_checkpoint.pt", "proprio_projector--123_checkpoint.pt",
@@ -57,8 +59,8 @@ def test_saved_checkpoint_reloads_with_identical_predictions(oft_tiny, golden, t
         assert "language_model.lm_head.weight" in f.keys()
     head = torch.load(tmp_path / "resaved" / "action_head--123_checkpoint.pt", weights_only=True)
     assert all(k.startswith("module.") for k in head)
-    out = predict_case(tmp_path / "resaved", oft_tiny, golden["cases"][1])
-    np.testing.assert_allclose(out.normalized_actions, golden["cases"][1]["normalized_actions"], atol=1e-6)
+    out = predict_case(tmp_path / "resaved", reference_fixture, reference_golden["cases"][1])
+    np.testing.assert_allclose(out.normalized_actions, reference_golden["cases"][1]["normalized_actions"], atol=1e-6)
 
 
 def test_single_camera_checkpoint_without_proprio(tmp_path):
@@ -88,8 +90,8 @@ def test_single_camera_checkpoint_without_proprio(tmp_path):
         (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer.json"),
     ],
 )
-def test_broken_checkpoints_get_clear_errors(oft_tiny, tmp_path, breakage, message):
-    ckpt = copy_checkpoint(oft_tiny, tmp_path / "broken")
+def test_broken_checkpoints_get_clear_errors(reference_fixture, tmp_path, breakage, message):
+    ckpt = copy_checkpoint(reference_fixture, tmp_path / "broken")
     breakage(ckpt)
     with pytest.raises(CheckpointError, match=message):
         LightVLAPolicy.from_checkpoint(ckpt, device="cpu")
@@ -102,15 +104,15 @@ class Payload:
         return (print, ("pwned",))
 
 
-def test_pickled_code_in_a_pt_file_is_refused(oft_tiny, tmp_path):
-    ckpt = copy_checkpoint(oft_tiny, tmp_path / "evil")
+def test_pickled_code_in_a_pt_file_is_refused(reference_fixture, tmp_path):
+    ckpt = copy_checkpoint(reference_fixture, tmp_path / "evil")
     torch.save({"module.model.fc2.weight": Payload()}, ckpt / "action_head--40000_checkpoint.pt")
     with pytest.raises(CheckpointError, match="cannot read action_head"):
         LightVLAPolicy.from_checkpoint(ckpt, device="cpu")
 
 
-def test_weights_that_do_not_match_the_config_are_reported(oft_tiny, tmp_path):
-    ckpt = copy_checkpoint(oft_tiny, tmp_path / "mismatch")
+def test_weights_that_do_not_match_the_config_are_reported(reference_fixture, tmp_path):
+    ckpt = copy_checkpoint(reference_fixture, tmp_path / "mismatch")
     config = json.loads((ckpt / "config.json").read_text())
     config["text_config"]["num_hidden_layers"] = 3
     (ckpt / "config.json").write_text(json.dumps(config))
@@ -118,13 +120,13 @@ def test_weights_that_do_not_match_the_config_are_reported(oft_tiny, tmp_path):
         LightVLAPolicy.from_checkpoint(ckpt, device="cpu")
 
 
-def test_unknown_unnorm_key_lists_the_available_ones(oft_tiny):
+def test_unknown_unnorm_key_lists_the_available_ones(reference_fixture):
     with pytest.raises(InputError, match="available: libero_spatial_no_noops"):
-        LightVLAPolicy.from_checkpoint(oft_tiny, device="cpu", unnorm_key="bridge_orig")
+        LightVLAPolicy.from_checkpoint(reference_fixture, device="cpu", unnorm_key="bridge_orig")
 
 
-def test_cuda_request_without_cuda_is_explained(oft_tiny):
+def test_cuda_request_without_cuda_is_explained(reference_fixture):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(InputError, match="CUDA is not available"):
-        LightVLAPolicy.from_checkpoint(oft_tiny, device="cuda:0")
+        LightVLAPolicy.from_checkpoint(reference_fixture, device="cuda:0")

@@ -7,10 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lightvla_ros.model.checkpoint import build_model, load_model
+from lightvla_ros.model.checkpoint import load_model
 from lightvla_ros.model.configuration import PruningConfig
+from lightvla_ros.model.presets import random_model, tiny_config
 from lightvla_ros.model.pruning import VisualTokens
-from lightvla_ros.model.tiny import tiny_config
 
 
 def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -54,7 +54,7 @@ def _sequence(model, visual_index: list[int], task_len: int = 10):
 
 def test_layers_are_bidirectional_even_with_gapped_position_ids():
     """transformers reads gapped positions as packed sequences (block-diagonal causal mask); we must not."""
-    model = build_model(tiny_config(448, 5, hidden=32, layers=2), PruningConfig())
+    model = random_model(tiny_config(448, 5, hidden=32, layers=2), PruningConfig())
     seq = _sequence(model, [3, 40, 41, 300, 511])  # kept patches keep their original, gapped positions
     assert seq.positions[0, :6].tolist() == [0, 4, 41, 42, 301, 512]
     assert seq.positions[0, 6] == 513, "task tokens start after all 512 patch positions"
@@ -65,7 +65,7 @@ def test_layers_are_bidirectional_even_with_gapped_position_ids():
 
 
 def test_first_position_sees_the_last_token():
-    model = build_model(tiny_config(448, 5, hidden=32, layers=2), PruningConfig())
+    model = random_model(tiny_config(448, 5, hidden=32, layers=2), PruningConfig())
     seq = _sequence(model, list(range(8)))
     with torch.no_grad():
         before, _, _ = model._run_llm(seq, None, False, 0.0, None)
@@ -75,7 +75,7 @@ def test_first_position_sees_the_last_token():
 
 
 def test_renumbering_kept_tokens_would_change_the_output():
-    model = build_model(tiny_config(448, 5, hidden=32, layers=2), PruningConfig())
+    model = random_model(tiny_config(448, 5, hidden=32, layers=2), PruningConfig())
     original = _sequence(model, [10, 200, 400])
     renumbered = _sequence(model, [0, 1, 2])
     with torch.no_grad():
@@ -84,8 +84,8 @@ def test_renumbering_kept_tokens_would_change_the_output():
     assert (a - b).abs().max() > 1e-4
 
 
-def test_rope_frequencies_stay_float32_in_bfloat16_models(oft_tiny):
-    model, _ = load_model(oft_tiny, dtype=torch.bfloat16)
+def test_rope_frequencies_stay_float32_in_bfloat16_models(reference_fixture):
+    model, _ = load_model(reference_fixture, dtype=torch.bfloat16)
     inv = model.llm.rotary_emb.inv_freq
     head_dim = model.config.llm_dim // model.config.text["num_attention_heads"]
     exact = 1.0 / 10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
@@ -94,8 +94,8 @@ def test_rope_frequencies_stay_float32_in_bfloat16_models(oft_tiny):
     assert model.proprio_projector.fc1.weight.dtype == torch.float32, "the state is projected in float32"
 
 
-def test_no_lm_head_is_built_and_the_causal_flag_is_off(oft_tiny):
-    model, _ = load_model(oft_tiny)
+def test_no_lm_head_is_built_and_the_causal_flag_is_off(reference_fixture):
+    model, _ = load_model(reference_fixture)
     assert not any("lm_head" in name for name, _ in model.named_parameters())
     assert all(layer.self_attn.is_causal is False for layer in model.llm.layers)
     assert model.llm.config._attn_implementation == "sdpa"

@@ -1,4 +1,5 @@
-"""Optional speed-ups for GPUs: ``torch.compile`` of the per-token stages and CUDA graphs over bucketed kept counts.
+"""Optional speed-ups for GPUs: ``torch.compile`` of the per-token stages and CUDA graphs over bucketed kept counts
+(the CPU allocator setting is in :mod:`lightvla_ros.model.allocator`).
 
 The pruned LLM input has a data-dependent length (1 + K + task tokens). Compiled kernels and CUDA graphs want
 static shapes, so the kept tokens are padded up to the next bucket (masked keys: the result is unchanged) and
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch._dynamo
 
+from lightvla_ros.model.configuration import COMPILE_MODES
 from lightvla_ros.model.errors import InputError
 from lightvla_ros.model.modeling import LightVLAForActionPrediction
 
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 # One graph per bucket: many small buckets waste little padding but cost warm-up time and graph memory.
 DEFAULT_BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512)
 
@@ -34,6 +35,13 @@ class Acceleration:
     def __post_init__(self) -> None:
         if self.compile_mode not in COMPILE_MODES:
             raise InputError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+
+    @classmethod
+    def for_mode(cls, compile_mode: str, buckets: tuple[int, ...] | None = None) -> "Acceleration":
+        """``buckets`` None: :data:`DEFAULT_BUCKETS` for CUDA graphs (``reduce-overhead``), no padding otherwise."""
+        if buckets is None:
+            buckets = DEFAULT_BUCKETS if compile_mode == "reduce-overhead" else ()
+        return cls(compile_mode, tuple(buckets))
 
     def describe(self) -> str:
         buckets = ",".join(map(str, self.buckets)) if self.buckets else "none"

@@ -1,15 +1,14 @@
-"""Roofline arithmetic, weight counting, and the 7b-shaped preset's FLOPs proportions."""
+"""Roofline arithmetic and weight counting."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lightvla_ros.bench.presets import SEVEN_B_SHRINK, seven_b_shaped_config
-from lightvla_ros.bench.report import roofline
-from lightvla_ros.bench.roofline import DEVICES, WeightCounts, detect_device, floor, weight_counts
-from lightvla_ros.model.flops import ModelShape, count_flops, openvla_oft_7b_config
+from benchmarks.report import roofline
+from benchmarks.roofline import DEVICES, WeightCounts, detect_device, floor, weight_counts
 from lightvla_ros.model.modeling import LightVLAForActionPrediction
+from lightvla_ros.model.presets import openvla_oft_7b_config
 
 
 def test_floors_are_flops_over_peak_and_bytes_over_bandwidth():
@@ -58,21 +57,3 @@ def test_roofline_table_marks_measured_numbers_and_summarises_jetsons():
     for summary in table["jetson"].values():
         assert summary["bf16_pruned_ms"] < summary["bf16_unpruned_ms"]
         assert summary["pruning_speedup_bf16"] == pytest.approx(summary["bf16_unpruned_ms"] / summary["bf16_pruned_ms"])
-
-
-@pytest.fixture(scope="module")
-def shapes():
-    return ModelShape.of_config(openvla_oft_7b_config()), ModelShape.of_config(seven_b_shaped_config())
-
-
-@pytest.mark.parametrize("kept", [None, 16, 78, 256])
-def test_seven_b_shaped_preset_keeps_every_stage_share_of_the_7b(shapes, kept):
-    reference = count_flops(shapes[0], 2, kept, pruned=kept is not None)
-    scaled = count_flops(shapes[1], 2, kept, pruned=kept is not None)
-    factor = SEVEN_B_SHRINK ** 2
-    for stage in ("vision", "projector", "llm", "head"):
-        assert getattr(scaled, stage) * factor == pytest.approx(getattr(reference, stage), rel=0.015), stage
-    if kept is not None:  # the pruner scales with width only (its share grows by the shrink factor)
-        assert scaled.pruner * factor == pytest.approx(reference.pruner * SEVEN_B_SHRINK, rel=1e-6)
-        assert scaled.pruner / scaled.total < 0.011
-    assert scaled.sequence_length == reference.sequence_length

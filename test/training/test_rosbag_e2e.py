@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.pruning_study import toy
 from lightvla_ros.cli import main as cli_main
 from lightvla_ros.model.tiny import make_tiny_checkpoint
 from lightvla_ros.policy import LightVLAPolicy
-from lightvla_ros.training import toy
 from lightvla_ros.training.data import Episode
 from lightvla_ros.training.rosbag import write_episodes_bag
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _base_checkpoint(tmp_path: Path) -> Path:
@@ -64,13 +64,13 @@ def test_trained_checkpoint_loads_in_the_policy(trained):
     assert out.actions.shape == (8, 7) and np.all(np.isfinite(out.actions)) and 1 <= out.num_kept <= 512
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_trained_checkpoint_drives_the_node(trained, tmp_path):
     rclpy = pytest.importorskip("rclpy", reason="rclpy not installed: the node cannot run here")
-    from std_msgs.msg import Float32MultiArray, String
-    from sensor_msgs.msg import Image
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from ros_support import isolate_ros_environment, spin_until
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Float32MultiArray, String
 
     isolate_ros_environment()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]), PYTHONUNBUFFERED="1")

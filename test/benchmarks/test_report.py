@@ -1,4 +1,4 @@
-"""``lightvla bench`` end to end on the tiny preset: the files it writes and the fields they hold (no timing checks)."""
+"""``python -m benchmarks`` end to end on the tiny preset: the files it writes and the fields they hold (no timing checks)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from lightvla_ros.bench.harness import STAGES
-from lightvla_ros.cli import main
+from benchmarks.commands import main
+from benchmarks.harness import STAGES
 
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    code = main(["bench", "--preset", "tiny", "--device", "cpu", "--reps", "2", "--warmup", "0", "--budgets", "16,78,512",
+    code = main(["--preset", "tiny", "--device", "cpu", "--reps", "2", "--warmup", "0", "--budgets", "16,78,512",
                  "--camera", "64x48", "--out", str(out), "--quiet"])
     assert code == 0
     return out
@@ -69,7 +69,7 @@ def test_markdown_puts_counts_next_to_every_number(bench_run):
 
 
 def test_analytic_only_handles_the_full_7b_without_building_it(tmp_path, capsys):
-    assert main(["bench", "--preset", "7b", "--analytic-only", "--out", str(tmp_path)]) == 0
+    assert main(["--preset", "7b", "--analytic-only", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "| unpruned | 512 |" in text and "| k78 | 78 |" in text
     report = json.loads((tmp_path / "bench-7b-analytic.json").read_text())
@@ -78,5 +78,5 @@ def test_analytic_only_handles_the_full_7b_without_building_it(tmp_path, capsys)
 
 
 def test_full_7b_preset_refuses_the_cpu_with_a_clear_message(tmp_path, capsys):
-    assert main(["bench", "--preset", "7b", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert main(["--preset", "7b", "--device", "cpu", "--out", str(tmp_path)]) == 2
     assert "needs a GPU" in capsys.readouterr().err

@@ -5,11 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import load_rgb
-from lightvla_ros.bench.acceleration import DEFAULT_BUCKETS, Acceleration, accelerate
-from lightvla_ros.bench.harness import (STAGES, Scenario, build_subject, default_scenarios, make_inputs, paired_ratio, run,
-                                        steer_to_count)
+
+from benchmarks.harness import (
+    STAGES,
+    Scenario,
+    build_subject,
+    default_scenarios,
+    make_inputs,
+    paired_ratio,
+    run,
+    steer_to_count,
+)
+from lightvla_ros.model.acceleration import DEFAULT_BUCKETS, Acceleration, accelerate
 from lightvla_ros.model.pruning import TokenPruner
 
 
@@ -56,11 +64,12 @@ def test_authors_path_computes_the_same_actions(subject, inputs, scenario):
     np.testing.assert_allclose(theirs, ours.normalized_actions[0].numpy(), atol=1e-5)
 
 
-def test_authors_path_reproduces_the_reference_goldens(oft_tiny, golden):
+@pytest.mark.golden
+def test_authors_path_reproduces_the_reference_goldens(reference_fixture, reference_golden):
     """On the fixture checkpoint the re-enacted reference path gives the reference code's own actions."""
-    checkpoint = build_subject(None, str(oft_tiny), torch.device("cpu"), torch.float32)
-    for case in golden["cases"]:
-        images = [load_rgb(oft_tiny / name) for name in case["images"]]
+    checkpoint = build_subject(None, str(reference_fixture), torch.device("cpu"), torch.float32)
+    for case in reference_golden["cases"]:
+        images = [load_rgb(reference_fixture / name) for name in case["images"]]
         with torch.inference_mode():
             actions = checkpoint.authors.predict(images, case["instruction"], np.array(case["proprio_raw"]))
         np.testing.assert_allclose(actions, case["actions"], atol=1e-4)

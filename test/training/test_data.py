@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from experiments.pruning_study import toy
 from lightvla_ros.model.processing import Normalizer, center_crop
-from lightvla_ros.training import toy
 from lightvla_ros.training.augment import Augmentation, hsv_to_rgb, rgb_to_hsv
 from lightvla_ros.training.data import DataError, DataReport, Episode, action_chunk, check_episodes, read_dataset
 from lightvla_ros.training.rosbag import BagConfig, write_episodes_bag

@@ -16,13 +16,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lightvla_ros.bench.authors import AuthorsPath
-from lightvla_ros.bench.presets import PRESETS, materialize
+from benchmarks.authors import AuthorsPath
 from lightvla_ros.model.checkpoint import LM_HEAD_KEY, CheckpointFiles
-from lightvla_ros.model.configuration import PruningConfig
+from lightvla_ros.model.configuration import PruningConfig, VLAConfig
 from lightvla_ros.model.errors import InputError
 from lightvla_ros.model.flops import ModelShape, count_flops
 from lightvla_ros.model.modeling import LightVLAForActionPrediction, StageTimer
+from lightvla_ros.model.presets import PRESETS, SEVEN_B_SHRINK, random_model
 from lightvla_ros.model.processing import Normalizer
 from lightvla_ros.model.pruning import TokenPruner
 from lightvla_ros.model.tiny import make_tokenizer, tiny_statistics
@@ -33,6 +33,15 @@ OPERATING_POINT = 78  # the paper's mean kept count on LIBERO
 DEFAULT_INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
 CAMERA_SHAPE = (480, 640)  # the node's cameras: 640x480 RGB
 STAGES = ("vision", "projector", "pruner", "llm", "head")
+# (measured rounds, warm-up rounds) per preset by default
+ROUNDS = {"tiny": (5, 1), "7b-shaped": (12, 2), "7b": (30, 5)}
+
+
+def lm_head_rows(preset: str, config: VLAConfig) -> int:
+    """Rows of the LM head the authors' path evaluates: the 7B's vocabulary, scaled like every other width in
+    7b-shaped so that its share of the cost stays the 7B's."""
+    vocab = int(config.text["vocab_size"])
+    return vocab // SEVEN_B_SHRINK if preset == "7b-shaped" else vocab
 
 
 class FixedCountPruner(TokenPruner):
@@ -127,7 +136,7 @@ def build_subject(preset: str | None, checkpoint: str | None, device: torch.devi
     prefix = Tokenizer.from_file(str(root / "tokenizer.json")).token_to_id("\u2581")
     config = spec.make_config(vocab, prefix)
     config.norm_stats = tiny_statistics(seed)
-    model = materialize(config, device, dtype, seed)
+    model = random_model(config, seed=seed, device=device, dtype=dtype).eval()
     files = CheckpointFiles(root=root, config=root / "config.json", weights=[], action_head=root / "action_head",
                             proprio_projector=None, star_pruner=None, statistics=None, tokenizer=root / "tokenizer.json",
                             preprocessor=root / "preprocessor_config.json")
@@ -136,7 +145,7 @@ def build_subject(preset: str | None, checkpoint: str | None, device: torch.devi
     path = None
     if authors:
         generator = torch.Generator().manual_seed(seed + 1)
-        weight = torch.randn(spec.lm_head_rows(config), config.llm_dim, generator=generator) * 0.02
+        weight = torch.randn(lm_head_rows(preset, config), config.llm_dim, generator=generator) * 0.02
         path = AuthorsPath(model, files.tokenizer, policy.processor, normalizer, weight)
     return Subject(f"preset {preset}", model, policy, path, "generated BPE (tiny.make_tokenizer)", folder)
 

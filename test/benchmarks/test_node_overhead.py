@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
-import sys
 
 import pytest
 
-from lightvla_ros.bench.commands import add_arguments
-from lightvla_ros.bench.node_overhead import Chunk, Phase, analyse, node_markdown
+from benchmarks.commands import add_arguments
+from benchmarks.node_overhead import Chunk, Phase, analyse, node_markdown
 
 
 def chunk(stamp: float, publish: float, model: float) -> Chunk:
@@ -60,10 +57,3 @@ def test_node_options_parse():
     args = parser.parse_args(["--node", "--node-seconds", "5", "--node-dds", "large-shm", "--camera", "320x240"])
     assert args.node and args.node_seconds == 5 and args.node_dds == "large-shm" and args.camera == (240, 320)
     assert args.node_domain is None
-
-
-def test_heap_allocator_switch_applies_on_glibc():
-    """Run in a child process: the switch is process-wide."""
-    code = "from lightvla_ros.bench.tuning import keep_allocations_on_heap; print(keep_allocations_on_heap())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
-    assert out == ("True" if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc" else "False")

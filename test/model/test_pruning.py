@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from lightvla_ros.model.checkpoint import build_model, load_model, save_checkpoint
+from lightvla_ros.model.checkpoint import load_model, save_checkpoint
 from lightvla_ros.model.configuration import PruningConfig
 from lightvla_ros.model.errors import InputError
+from lightvla_ros.model.presets import random_model, tiny_config
 from lightvla_ros.model.pruning import (
     LearnableQueryPruner,
     TokenPruner,
@@ -19,7 +20,6 @@ from lightvla_ros.model.pruning import (
     union_keep_mask,
     weightless_rms_norm,
 )
-from lightvla_ros.model.tiny import tiny_config
 
 
 def test_weightless_rms_norm_has_unit_rms_and_keeps_dtype():
@@ -117,7 +117,7 @@ def _batch(cfg, batch=2):
 @pytest.mark.parametrize("layout", [dict(star_position="llm", star_llm_layer=k) for k in range(4)]
                          + [dict(star_position="vision", star_vision_block=0)])
 def test_lightvla_star_trains_its_queries_and_prunes_at_inference(tiny_cfg, layout):
-    model = build_model(tiny_cfg, PruningConfig("lightvla_star", star_num_queries=24, **layout))
+    model = random_model(tiny_cfg, PruningConfig("lightvla_star", star_num_queries=24, **layout))
     pixels, ids, lengths, proprio = _batch(tiny_cfg)
     model.train()
     out = model(pixels, ids, lengths, proprio, noise_scale=0.5)
@@ -132,9 +132,9 @@ def test_lightvla_star_trains_its_queries_and_prunes_at_inference(tiny_cfg, layo
         assert kept.tolist() == sorted(kept.tolist())
 
 
-def test_lightvla_star_queries_save_and_load_with_the_checkpoint(tiny_cfg, tiny_checkpoint, tmp_path):
-    model, files = load_model(tiny_checkpoint, PruningConfig("lightvla"))
-    star = build_model(model.config, PruningConfig("lightvla_star", star_num_queries=16, star_llm_layer=1))
+def test_lightvla_star_queries_save_and_load_with_the_checkpoint(tiny_cfg, random_tiny_checkpoint, tmp_path):
+    model, files = load_model(random_tiny_checkpoint, PruningConfig("lightvla"))
+    star = random_model(model.config, PruningConfig("lightvla_star", star_num_queries=16, star_llm_layer=1))
     star.load_state_dict(model.state_dict(), strict=False)
     save_checkpoint(star, tmp_path / "star", step=7, source=files)
     assert (tmp_path / "star" / "lightvla_star--7_checkpoint.pt").is_file()
@@ -146,8 +146,8 @@ def test_lightvla_star_queries_save_and_load_with_the_checkpoint(tiny_cfg, tiny_
     assert loaded.pruning.star_llm_layer == 1 and loaded.pruning.max_kept_tokens == 4
 
 
-def test_star_pruner_needs_star_weights(tiny_checkpoint):
-    model, _ = load_model(tiny_checkpoint)
+def test_star_pruner_needs_star_weights(random_tiny_checkpoint):
+    model, _ = load_model(random_tiny_checkpoint)
     with pytest.raises(InputError, match="no LightVLA\\* queries"):
         model.set_pruning(PruningConfig("lightvla_star"))
 

@@ -1,4 +1,4 @@
-"""``lightvla bench``: the model benchmark (default) and, with ``--node``, the ROS node overhead benchmark."""
+"""``python -m benchmarks``: the model benchmark (default) and, with ``--node``, the ROS node overhead benchmark."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from lightvla_ros.bench.harness import BUDGETS, CAMERA_SHAPE, DEFAULT_INSTRUCTION
+from benchmarks.harness import BUDGETS, CAMERA_SHAPE, DEFAULT_INSTRUCTION
+from lightvla_ros.model.configuration import ALLOCATORS, COMPILE_MODES, DTYPE_CHOICES
+from lightvla_ros.model.errors import LightVLAError
+from lightvla_ros.model.presets import PRESETS
 
 DEFAULT_OUT = Path("build/bench")
 
@@ -30,19 +33,16 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lightvla_ros.bench.acceleration import COMPILE_MODES
-    from lightvla_ros.bench.presets import PRESETS
-
     p.add_argument("--preset", default="7b-shaped", choices=list(PRESETS),
                    help="model shape with random weights (default 7b-shaped: the 7B's FLOPs proportions, CPU-sized)")
     p.add_argument("--checkpoint", help="benchmark a checkpoint folder instead of a preset")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU)|bfloat16|float16|float32")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto: bfloat16 on CUDA, float32 on the CPU")
     p.add_argument("--reps", type=int, help="measured rounds (default: the preset's)")
     p.add_argument("--warmup", type=int, help="discarded warm-up rounds (default: the preset's)")
     p.add_argument("--budgets", type=_ints, default=BUDGETS, help=f"exact kept-token counts to sweep (default {','.join(map(str, BUDGETS))})")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--allocator", default="default", choices=["default", "heap"],
+    p.add_argument("--allocator", default="default", choices=ALLOCATORS,
                    help="heap: keep freed activations in glibc's heap instead of re-mapping them (see docs/performance.md)")
     p.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
     p.add_argument("--camera", type=_camera, default=CAMERA_SHAPE, help="camera frame size WxH (default 640x480)")
@@ -65,46 +65,59 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     node.add_argument("--node-domain", type=int, help="private ROS_DOMAIN_ID (default: 150 + pid %% 80, away from the tests' 1..101)")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="benchmark pruning speed-up, per stage, against FLOPs and the authors' path")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks",
+                                description="Benchmark pruning speed-up, per stage, against FLOPs and the authors' path "
+                                "(docs/performance.md); with --node, the ROS node's own overhead.")
     add_arguments(p)
-    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["python -m benchmarks", *map(shlex.quote, argv)])
+    try:
+        return cmd_bench(args)
+    except LightVLAError as exc:
+        print(f"benchmarks: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.node:
-        from lightvla_ros.bench.node_overhead import run_node_benchmark
+        from benchmarks.node_overhead import run_node_benchmark
 
         return run_node_benchmark(args)
     import torch
 
-    from lightvla_ros.bench import harness, report
-    from lightvla_ros.bench.acceleration import DEFAULT_BUCKETS, Acceleration, accelerate
-    from lightvla_ros.bench.presets import PRESETS
-    from lightvla_ros.bench.roofline import detect_device
-    from lightvla_ros.bench.tuning import keep_allocations_on_heap
+    from benchmarks import harness, report
+    from benchmarks.roofline import detect_device
+    from lightvla_ros.model.acceleration import Acceleration, accelerate
+    from lightvla_ros.model.allocator import set_allocator
     from lightvla_ros.policy import resolve_device, resolve_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.allocator == "heap" and not keep_allocations_on_heap():
-        print("--allocator heap: not available here (needs glibc); using the default allocator", file=sys.stderr)
+    if not set_allocator(args.allocator):
+        print(f"--allocator {args.allocator}: not available here (needs glibc); using the default allocator", file=sys.stderr)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     stem = args.name or f"bench-{'checkpoint' if args.checkpoint else args.preset}"
-    command = " ".join([Path(sys.argv[0]).name, *map(shlex.quote, sys.argv[1:])])
+    command = args.command_line
     if args.analytic_only:
         return _analytic(args, stem, command)
 
-    preset = PRESETS[args.preset]
-    reps = args.reps or preset.reps
-    warmup = preset.warmup if args.warmup is None else args.warmup
+    default_reps, default_warmup = harness.ROUNDS[args.preset]
+    reps = args.reps or default_reps
+    warmup = default_warmup if args.warmup is None else args.warmup
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     log(f"building {args.checkpoint or args.preset} on {device} ({dtype}) ...")
     subject = harness.build_subject(None if args.checkpoint else args.preset, args.checkpoint, device, dtype, args.seed,
                                     authors=not args.no_authors)
-    buckets = args.buckets if args.buckets is not None else (DEFAULT_BUCKETS if args.compile == "reduce-overhead" else ())
-    acceleration = Acceleration(args.compile, tuple(buckets))
+    acceleration = Acceleration.for_mode(args.compile, args.buckets)
     accelerate(subject.model, acceleration)
     inputs = harness.make_inputs(subject.policy, args.instruction, args.camera, args.seed)
     scenarios = harness.default_scenarios(tuple(args.budgets), authors=subject.authors is not None)
@@ -118,7 +131,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run_info.update(duration_s=time.perf_counter() - start, load_after=report.load_average())
     if device.type == "cuda":
         run_info["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    measured_device = detect_device(torch.cuda.get_device_name(device)) if device.type == "cuda" and args.preset == "7b" and not args.checkpoint else None
+    measured_device = None
+    if device.type == "cuda" and args.preset == "7b" and not args.checkpoint:
+        measured_device = detect_device(torch.cuda.get_device_name(device))
     full = report.build_report(subject, inputs, results, run_info, measured_device)
     paths = report.write_all(full, args.out, stem)
     if not args.quiet:
@@ -138,8 +153,7 @@ def _analytic(args: argparse.Namespace, stem: str, command: str) -> int:
     import torch
     from tokenizers import Tokenizer
 
-    from lightvla_ros.bench import report
-    from lightvla_ros.bench.presets import PRESETS
+    from benchmarks import report
     from lightvla_ros.model.flops import ModelShape, count_flops
     from lightvla_ros.model.modeling import LightVLAForActionPrediction
     from lightvla_ros.model.processing import PROMPT_TEMPLATE

@@ -8,33 +8,34 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import load_rgb
+
 from lightvla_ros.model.processing import PromptBuilder
 from lightvla_ros.policy import LightVLAPolicy, Observation
 
+pytestmark = pytest.mark.golden
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def policy(oft_tiny):
-    return LightVLAPolicy.from_checkpoint(oft_tiny, device="cpu", dtype="float32")
+def policy(reference_fixture):
+    return LightVLAPolicy.from_checkpoint(reference_fixture, device="cpu", dtype="float32")
 
 
-def case_inputs(oft_tiny, case):
-    return [load_rgb(oft_tiny / name) for name in case["images"]], case["instruction"], np.array(case["proprio_raw"])
+def case_inputs(reference_fixture, case):
+    return [load_rgb(reference_fixture / name) for name in case["images"]], case["instruction"], np.array(case["proprio_raw"])
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_preprocessed_pixels_match_reference_processor(policy, oft_tiny, golden, index):
-    images, _, _ = case_inputs(oft_tiny, golden["cases"][index])
+def test_preprocessed_pixels_match_reference_processor(policy, reference_fixture, reference_golden, index):
+    images, _, _ = case_inputs(reference_fixture, reference_golden["cases"][index])
     pixels = policy.processor(images).numpy()
-    np.testing.assert_allclose(pixels, golden["arrays"][f"case{index}_pixel_values"][0], atol=TOL)
+    np.testing.assert_allclose(pixels, reference_golden["arrays"][f"case{index}_pixel_values"][0], atol=TOL)
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_prompt_tokens_and_proprio_match(policy, golden, index):
-    case = golden["cases"][index]
+def test_prompt_tokens_and_proprio_match(policy, reference_golden, index):
+    case = reference_golden["cases"][index]
     assert PromptBuilder.prompt(case["instruction"]) == case["prompt"]
     assert policy.prompts.prompt_ids(case["instruction"]) == case["input_ids"]
     ids = policy.prompts(case["instruction"])
@@ -44,9 +45,9 @@ def test_prompt_tokens_and_proprio_match(policy, golden, index):
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_kept_patches_and_actions_match(policy, oft_tiny, golden, index):
-    case = golden["cases"][index]
-    out = policy.predict(*case_inputs(oft_tiny, case))
+def test_kept_patches_and_actions_match(policy, reference_fixture, reference_golden, index):
+    case = reference_golden["cases"][index]
+    out = policy.predict(*case_inputs(reference_fixture, case))
     assert out.kept_patch_indices.tolist() == case["kept_patch_indices"]
     assert out.num_kept == case["num_kept"] and out.num_patches == 512
     np.testing.assert_allclose(out.normalized_actions, case["normalized_actions"], atol=TOL)
@@ -54,10 +55,10 @@ def test_kept_patches_and_actions_match(policy, oft_tiny, golden, index):
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_pruner_scores_and_training_selection_match(policy, oft_tiny, golden, index):
-    """The training-mode (straight-through) selection with zero noise picks golden ``per_query_argmax``."""
-    case = golden["cases"][index]
-    pixels, ids, lengths, proprio = policy.prepare([Observation(*case_inputs(oft_tiny, case))])
+def test_pruner_scores_and_training_selection_match(policy, reference_fixture, reference_golden, index):
+    """The training-mode (straight-through) selection with zero noise picks the golden ``per_query_argmax``."""
+    case = reference_golden["cases"][index]
+    pixels, ids, lengths, proprio = policy.prepare([Observation(*case_inputs(reference_fixture, case))])
     model = policy.model
     model.train()
     try:
@@ -66,23 +67,23 @@ def test_pruner_scores_and_training_selection_match(policy, oft_tiny, golden, in
     finally:
         model.eval()
     assert out.per_query_argmax[0].tolist() == case["per_query_argmax"]
-    np.testing.assert_allclose(out.scores[0].numpy(), golden["arrays"][f"case{index}_scores"], atol=1e-4)
+    np.testing.assert_allclose(out.scores[0].numpy(), reference_golden["arrays"][f"case{index}_scores"], atol=1e-4)
     np.testing.assert_allclose(out.normalized_actions[0].numpy().shape, (8, 7))
 
 
-def test_batch_of_both_cases_equals_each_case_alone(policy, oft_tiny, golden):
-    """The reference cannot batch (digest 1.6); here kept sets and prompt lengths differ and results must not mix."""
-    cases = golden["cases"]
-    batch = policy.predict_batch([Observation(*case_inputs(oft_tiny, c)) for c in cases])
+def test_batch_of_both_cases_equals_each_case_alone(policy, reference_fixture, reference_golden):
+    """The reference cannot batch (docs/model-notes.md §10); here kept sets and prompt lengths differ and results must not mix."""
+    cases = reference_golden["cases"]
+    batch = policy.predict_batch([Observation(*case_inputs(reference_fixture, c)) for c in cases])
     for out, case in zip(batch, cases):
-        alone = policy.predict(*case_inputs(oft_tiny, case))
+        alone = policy.predict(*case_inputs(reference_fixture, case))
         assert out.kept_patch_indices.tolist() == case["kept_patch_indices"] == alone.kept_patch_indices.tolist()
         np.testing.assert_allclose(out.normalized_actions, alone.normalized_actions, atol=1e-5)
         np.testing.assert_allclose(out.actions, case["actions"], atol=TOL)
 
 
-def test_batch_with_budget_and_without_pruning_equals_singles(policy, oft_tiny, golden):
-    observations = [Observation(*case_inputs(oft_tiny, c)) for c in golden["cases"]]
+def test_batch_with_budget_and_without_pruning_equals_singles(policy, reference_fixture, reference_golden):
+    observations = [Observation(*case_inputs(reference_fixture, c)) for c in reference_golden["cases"]]
     for method, budget in (("none", None), ("lightvla", 25)):
         policy.set_pruning(method, budget)
         try:
@@ -95,11 +96,11 @@ def test_batch_with_budget_and_without_pruning_equals_singles(policy, oft_tiny, 
             np.testing.assert_allclose(b.normalized_actions, s.normalized_actions, atol=1e-5)
 
 
-def test_unpruned_model_keeps_every_patch_and_acts_differently(policy, oft_tiny, golden):
-    case = golden["cases"][0]
+def test_unpruned_model_keeps_every_patch_and_acts_differently(policy, reference_fixture, reference_golden):
+    case = reference_golden["cases"][0]
     policy.set_pruning("none", None)
     try:
-        out = policy.predict(*case_inputs(oft_tiny, case))
+        out = policy.predict(*case_inputs(reference_fixture, case))
     finally:
         policy.set_pruning("lightvla", None)
     assert out.num_kept == 512 and out.kept_patch_indices.tolist() == list(range(512))
@@ -107,12 +108,12 @@ def test_unpruned_model_keeps_every_patch_and_acts_differently(policy, oft_tiny,
     assert np.abs(out.normalized_actions - np.array(case["normalized_actions"])).max() > 1e-3
 
 
-def test_budget_caps_kept_set_to_most_voted_patches(policy, oft_tiny, golden):
-    case = golden["cases"][1]  # 40 kept without a budget
+def test_budget_caps_kept_set_to_most_voted_patches(policy, reference_fixture, reference_golden):
+    case = reference_golden["cases"][1]  # 40 kept without a budget
     votes = np.bincount(case["per_query_argmax"], minlength=512)
     policy.set_pruning("lightvla", 10)
     try:
-        out = policy.predict(*case_inputs(oft_tiny, case))
+        out = policy.predict(*case_inputs(reference_fixture, case))
     finally:
         policy.set_pruning("lightvla", None)
     assert out.num_kept == 10
@@ -123,12 +124,12 @@ def test_budget_caps_kept_set_to_most_voted_patches(policy, oft_tiny, golden):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_paths_run_on_cpu_and_stay_close(oft_tiny, golden, dtype):
+def test_half_precision_paths_run_on_cpu_and_stay_close(reference_fixture, reference_golden, dtype):
     """The GPU/Jetson dtypes run on the CPU too: nearly the same kept set, actions within half-precision noise
     (random tiny weights amplify rounding, hence the loose bound)."""
-    case = golden["cases"][0]
-    half = LightVLAPolicy.from_checkpoint(oft_tiny, device="cpu", dtype=dtype)
-    out = half.predict(*case_inputs(oft_tiny, case))
+    case = reference_golden["cases"][0]
+    half = LightVLAPolicy.from_checkpoint(reference_fixture, device="cpu", dtype=dtype)
+    out = half.predict(*case_inputs(reference_fixture, case))
     assert half.dtype == dtype and np.all(np.isfinite(out.actions))
     assert len(set(out.kept_patch_indices) ^ set(case["kept_patch_indices"])) <= 4
     assert np.abs(out.normalized_actions - np.array(case["normalized_actions"])).mean() < 0.1

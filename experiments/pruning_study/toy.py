@@ -24,8 +24,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lightvla_ros.model.checkpoint import build_model, save_checkpoint
+from lightvla_ros.model.checkpoint import save_checkpoint
 from lightvla_ros.model.configuration import PruningConfig, VLAConfig
+from lightvla_ros.model.presets import random_model
 from lightvla_ros.model.processing import DEFAULT_MEANS, DEFAULT_STDS
 from lightvla_ros.model.tiny import make_tokenizer
 from lightvla_ros.training.data import Episode
@@ -251,8 +252,8 @@ def pretrain_vision(checkpoint: str | Path, steps: int, seed: int, variant: str 
     from tokenizers import Tokenizer
 
     from lightvla_ros.model.checkpoint import load_model
-    from lightvla_ros.model.pruning import weightless_rms_norm
     from lightvla_ros.model.processing import ImageProcessor
+    from lightvla_ros.model.pruning import weightless_rms_norm
 
     model, files = load_model(checkpoint, PruningConfig("none"))
     processor = ImageProcessor.from_file(files.preprocessor, model.config.vision.num_featurizers)
@@ -339,8 +340,7 @@ def make_toy_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     vocab = make_tokenizer(out / "tokenizer.json")
     prefix = Tokenizer.from_file(str(out / "tokenizer.json")).token_to_id("\u2581")
     config = toy_config(prefix, vocab)
-    torch.manual_seed(seed)
-    model = build_model(config, PruningConfig())
+    model = random_model(config, seed=seed)
     vit = model.vision_backbone.featurizer
     grid = int(round(vit.patch_embed.num_patches ** 0.5))
     with torch.no_grad():

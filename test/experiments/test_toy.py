@@ -1,14 +1,11 @@
-"""The procedural reaching task and the pruning study built on it (``lightvla study``)."""
+"""The pruning study's procedural reaching task (experiments/pruning_study/toy.py)."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from lightvla_ros.training import toy
+from experiments.pruning_study import toy
 
 
 def _scenes(count: int, seed: int) -> tuple[list[toy.ToyScene], np.ndarray]:
@@ -88,21 +85,3 @@ def test_vision_language_pretraining_puts_patches_near_the_words_that_name_them(
         colour = toy.TARGET_COLOURS.index(target.colour)
         right += int(sims[torch.from_numpy(on_target)].mean(0).argmax()) == colour
     assert right >= 16, f"{right} of 20 named objects closest to their colour word"
-
-
-def test_quick_study_writes_a_report_with_every_method(tmp_path):
-    from lightvla_ros.training.study import LABELS, StudyConfig, run_study
-
-    report = tmp_path / "docs" / "pruning-study.md"
-    results = run_study(StudyConfig(out=str(tmp_path / "run"), report=str(report), seeds=1, quick=True))
-    text = report.read_text()
-    for label in LABELS.values():
-        assert f"| {label} |" in text
-    assert "## Verdict" in text and text.count("**Confirmed") + text.count("**Refuted") + text.count("**Partly") == 4
-    assert (tmp_path / "docs" / "img" / "pruning-study-training.png").stat().st_size > 10_000
-    assert (tmp_path / "docs" / "img" / "pruning-study-kept-tokens.png").stat().st_size > 10_000
-    saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert {r["method"] for r in saved["runs"]} == {"none", "lightvla", "lightvla_star"}
-    assert {b["method"] for b in saved["baselines"]} == {"fastv", "random"}
-    assert results["flops"]["lightvla"] < results["flops"]["none"]
-    assert Path(saved["runs"][0]["checkpoint"]).joinpath("model.safetensors").exists()

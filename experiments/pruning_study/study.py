@@ -1,7 +1,7 @@
 """The CPU pruning study: does learned pruning keep what matters, on a task where we know what matters?
 
-``lightvla study`` (or ``python -m lightvla_ros.training.study``) runs, for each seed, on the procedural reaching
-task of :mod:`lightvla_ros.training.toy`:
+``python -m experiments.pruning_study`` runs, for each seed, on the procedural reaching task of
+:mod:`experiments.pruning_study.toy`:
 
 1. *base*: a fresh toy model whose vision encoder, projector and word embeddings are first pre-trained to recognise
    and locate objects and to align patch tokens with the words naming them (what a VLM gives OpenVLA), then
@@ -12,8 +12,9 @@ task of :mod:`lightvla_ros.training.toy`:
    FastV-style attention top-k after LLM layer 0, and random tokens before the LLM;
 
 then measures, on held-out data, the action error, closed-loop reach success, kept tokens (and where they lie:
-on the named object, a distractor or the table), FLOPs and CPU latency, and writes ``docs/pruning-study.md``
-with its plots. Training runs in parallel single-threaded worker processes (one per core) and is deterministic,
+on the named object, a distractor or the table), FLOPs and CPU latency, and writes the report with its plots
+(``docs/pruning-study.md`` holds the published run; runs write under ``build/`` unless told otherwise). Training runs
+in parallel single-threaded worker processes (one per core) and is deterministic,
 so a re-run reproduces every number except timings.
 """
 
@@ -69,14 +70,27 @@ QUICK = Budget(train_episodes=200, vision_steps=10, base_steps=40, finetune_step
                rollouts=20, eval_every=10, latency_runs=5)
 
 
+FULL_OUT = "build/pruning-study"
+QUICK_OUT = "build/pruning-study-quick"
+REPORT_NAME = "pruning-study.md"
+PUBLISHED_REPORT = "docs/pruning-study.md"
+
+
 @dataclass
 class StudyConfig:
-    out: str = "build/pruning-study"
-    report: str = "docs/pruning-study.md"
+    """``out`` defaults to :data:`FULL_OUT` or, for quick runs, :data:`QUICK_OUT`; ``report`` to ``OUT/pruning-study.md``
+    (its plots go to the ``img`` folder beside it). Only an explicit ``report`` writes into ``docs/``."""
+
+    out: str = ""
+    report: str = ""
     seeds: int = 3
     quick: bool = False
     workers: int = 2
     variant: str = "distinct"
+
+    def __post_init__(self) -> None:
+        self.out = self.out or (QUICK_OUT if self.quick else FULL_OUT)
+        self.report = self.report or str(Path(self.out) / REPORT_NAME)
 
     @property
     def budget(self) -> Budget:
@@ -109,7 +123,7 @@ def base_job(root: str, seed: int, budget: Budget, variant: str) -> dict[str, An
     """A fresh toy model, its vision encoder pretrained, then trained without pruning: the common starting point
     of every method for this seed. The base uses a squared error: from scratch, the L1 loss collapses this policy to
     the median action (its output stops depending on the inputs within 100 steps); fine-tuning uses L1."""
-    from lightvla_ros.training import toy
+    from experiments.pruning_study import toy
 
     start = time.time()
     folder = Path(root) / f"seed{seed}"
@@ -119,13 +133,14 @@ def base_job(root: str, seed: int, budget: Budget, variant: str) -> dict[str, An
     trainer, final = _train(init, folder / "base", episodes, "none", budget.base_steps, budget, seed, fresh_heads=False, decay=False,
                             loss="mse")
     metrics = evaluate_checkpoint(final, "none", budget, variant, k=None)
-    return {"seed": seed, "checkpoint": str(final), "metrics": metrics, "history": trainer.history, "vision_losses": vision_losses[:: max(1, len(vision_losses) // 50)],
+    return {"seed": seed, "checkpoint": str(final), "metrics": metrics, "history": trainer.history,
+            "vision_losses": vision_losses[:: max(1, len(vision_losses) // 50)],
             "seconds": time.time() - start}
 
 
 def finetune_job(root: str, seed: int, method: str, base: str, budget: Budget, variant: str) -> dict[str, Any]:
     """Fine-tune the seed's base with ``method`` and evaluate it."""
-    from lightvla_ros.training import toy
+    from experiments.pruning_study import toy
 
     start = time.time()
     episodes = toy.make_episodes(budget.train_episodes, seed=seed, variant=variant)
@@ -147,31 +162,30 @@ def baseline_job(seed: int, method: str, checkpoint: str, k: int, budget: Budget
 # ------------------------------------------------------------------------------------------------- evaluation
 class ToyRunner:
     """Batched prediction on toy observations with one pruning mode, from a checkpoint folder: the policy's own
-    preprocessing, then the model (trained methods) or a training-free top-k forward pass (baselines)."""
+    preprocessing, then the model with its own pruning (trained methods) or with a training-free token filter
+    (baselines)."""
 
     def __init__(self, checkpoint: Path, mode: str, k: int | None, seed: int = 0) -> None:
+        from experiments.pruning_study.baselines import AttentionTopK, RandomTopK
         from lightvla_ros.policy import LightVLAPolicy
 
         self.policy = LightVLAPolicy.from_checkpoint(checkpoint, device="cpu", dtype="float32",
                                                      pruning=mode if mode in METHODS else "none", center_crop=AUGMENT)
         self.model, self.normalizer = self.policy.model, self.policy.normalizer
         self.mode, self.k = mode, k
-        self.generator = torch.Generator().manual_seed(seed)
+        self.token_filter = None
+        if mode == "fastv":
+            self.token_filter = AttentionTopK(self.model, int(k), layer=PRUNE_LAYER)
+        elif mode == "random":
+            self.token_filter = RandomTopK(int(k), layer=0, generator=torch.Generator().manual_seed(seed))
 
     @torch.no_grad()
     def predict(self, images, instructions, states) -> tuple[np.ndarray, list[np.ndarray]]:
         """Normalised action chunks (B, chunk, A) and the kept patch indices per sample."""
-        from lightvla_ros.training.baselines import forward_top_k
-
         from lightvla_ros.policy import Observation
 
         args = self.policy.prepare([Observation(*observation) for observation in zip(images, instructions, states)])
-        if self.mode in METHODS:
-            out = self.model(*args)
-        else:
-            scorer = "attention" if self.mode == "fastv" else "random"
-            layer = PRUNE_LAYER if self.mode == "fastv" else 0
-            out = forward_top_k(self.model, *args, k=int(self.k), layer=layer, scorer=scorer, generator=self.generator)
+        out = self.model(*args, token_filter=self.token_filter)
         return out.normalized_actions.float().numpy(), [k.numpy() for k in out.kept_patch_indices]
 
     def act(self, images, instructions, states) -> np.ndarray:
@@ -181,7 +195,7 @@ class ToyRunner:
 
 def test_frames(budget: Budget, variant: str):
     """Held-out (scene, state, target chunk) frames shared by every run."""
-    from lightvla_ros.training import toy
+    from experiments.pruning_study import toy
     from lightvla_ros.training.data import action_chunk
 
     rng = np.random.default_rng(TEST_SEED)
@@ -194,7 +208,7 @@ def test_frames(budget: Budget, variant: str):
 
 
 def evaluate_checkpoint(checkpoint: Path, mode: str, budget: Budget, variant: str, k: int | None) -> dict[str, float]:
-    from lightvla_ros.training import toy
+    from experiments.pruning_study import toy
     from lightvla_ros.training.statistics import normalize_actions
 
     runner = ToyRunner(checkpoint, mode, k)
@@ -263,7 +277,7 @@ def flops_per_method(checkpoint: Path, kept: dict[str, float]) -> dict[str, floa
 
 def measure_latency(checkpoints: dict[str, Path], ks: dict[str, int], runs: int, variant: str) -> dict[str, float]:
     """Median single-observation forward time (ms) per method, one CPU thread, same observation for all."""
-    from lightvla_ros.training import toy
+    from experiments.pruning_study import toy
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(5)
@@ -374,7 +388,8 @@ def plot_training(results: dict[str, Any], path: Path) -> None:
             axes[1].plot([h["step"] for h in hist], [h["kept_tokens"] for h in hist], color=colours[method], alpha=0.3, lw=0.8, ls="--")
             axes[2].plot([h["step"] for h in val], [h["val_l1"] for h in val], color=colours[method], alpha=0.8, lw=1.2, label=label)
     axes[0].set(title="training loss (L1, fine-tuning)", xlabel="step", yscale="log")
-    axes[1].set(title=f"kept visual tokens (of {int(results['runs'][0]['metrics']['patches'])})\nsolid: inference on held-out frames; dashed: training picks", xlabel="step")
+    axes[1].set(title=f"kept visual tokens (of {int(results['runs'][0]['metrics']['patches'])})\n"
+                "solid: inference on held-out frames; dashed: training picks", xlabel="step")
     axes[2].set(title="held-out L1", xlabel="step", yscale="log")
     for ax in axes:
         ax.legend(fontsize=8)
@@ -390,7 +405,7 @@ def plot_kept_tokens(checkpoints: dict[str, Path], ks: dict[str, int], path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lightvla_ros.training import toy
+    from experiments.pruning_study import toy
 
     rng = np.random.default_rng(77)
     cases = [(toy.sample_scene(rng, variant), toy.random_start(rng).astype(np.float32)) for _ in range(scenes)]
@@ -493,7 +508,7 @@ def first_kept(results: dict[str, Any], method: str) -> tuple[int, float]:
 
 
 def render_report(results: dict[str, Any], image_dir: str) -> str:
-    from lightvla_ros.training.toy import IMAGE_SIZE
+    from experiments.pruning_study.toy import IMAGE_SIZE
 
     summary = summarize(results)
     budget = results["budget"]
@@ -505,7 +520,8 @@ def render_report(results: dict[str, Any], image_dir: str) -> str:
         return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
     order = [*METHODS, *BASELINES]
-    table = [f"| method | kept tokens (of {summary['none']['kept'][0]:.0f}) | action L1 (normalised) | reach success (%) | GFLOPs / forward | CPU latency (ms) |",
+    table = [f"| method | kept tokens (of {summary['none']['kept'][0]:.0f}) | action L1 (normalised) | reach success (%) "
+             "| GFLOPs / forward | CPU latency (ms) |",
              "|---|---|---|---|---|---|"]
     for m in order:
         table.append(f"| {LABELS[m]} | {cell('kept', m, digits=1)} | {cell('l1', m)} | {cell('success', m, 100, 1)} | "
@@ -531,15 +547,30 @@ def render_report(results: dict[str, Any], image_dir: str) -> str:
         variant=results["config"]["variant"], bases=_base_table(results),
         table="\n".join(table), where="\n".join(where), per_seed="\n".join(per_seed), ks=", ".join(map(str, ks)),
         verdicts="\n\n".join(f"{i + 1}. {v}" for i, v in enumerate(verdicts(summary))), img=image_dir,
-        reading=reading(results, summary), saving=100 * (1 - flops['lightvla'] / flops['none']), grid=grid, patches=grid * grid, patch_px=IMAGE_SIZE // grid,
-        base_steps=budget["base_steps"], finetune_steps=budget["finetune_steps"], quick=" --quick" if results["config"]["quick"] else "",
+        reading=reading(results, summary), saving=100 * (1 - flops['lightvla'] / flops['none']), grid=grid, patches=grid * grid,
+        patch_px=IMAGE_SIZE // grid,
+        base_steps=budget["base_steps"], finetune_steps=budget["finetune_steps"], command=_command(results["config"]),
         runs=len(results["runs"]) + len(results["bases"]),
     )
 
 
+def _command(config: dict[str, Any]) -> str:
+    """The command line that reproduces the run (options left at their defaults are left out)."""
+    words = ["python -m experiments.pruning_study"]
+    if config["quick"]:
+        words.append("--quick")
+    if config["seeds"] != StudyConfig.seeds:
+        words.append(f"--seeds {config['seeds']}")
+    if config["variant"] != StudyConfig.variant:
+        words.append(f"--variant {config['variant']}")
+    if config["report"] != str(Path(config["out"]) / REPORT_NAME):
+        words.append(f"--report {config['report']}")
+    return " ".join(words)
+
+
 REPORT_TEMPLATE = """# Pruning study: does learned pruning keep what matters?
 
-*Generated by `lightvla study{quick}` (equivalently `python -m lightvla_ros.training.study{quick}`) in {minutes:.1f}
+*Generated by `{command}` in {minutes:.1f}
 minutes on {env}. Every number below comes from that run. Training is single-threaded and seeded, so a re-run on the
 same software reproduces the tables (latency and run time aside; in any case within the seed spread shown).*
 
@@ -551,7 +582,7 @@ a procedural reaching task whose correct action depends on one object, named in 
 
 ## Set-up
 
-- **Task** (`lightvla_ros/training/toy.py`, variant `{variant}`): a 64x64 top-down scene on a textured table with a
+- **Task** (`experiments/pruning_study/toy.py`, variant `{variant}`): a 64x64 top-down scene on a textured table with a
   gripper marker and four objects (cube, bowl, cup or plate). The named object ("reach the red cube") is vivid red,
   green, blue or yellow; the three distractors are pale (30% contrast) objects of the same colours and shapes.
   State: gripper (x, y); action: (dx, dy); an episode is one 4-step chunk in which the expert covers half the
@@ -629,7 +660,7 @@ The starting point of each seed's fine-tuning (no pruning, after vision-language
 
 In the `distinct` variant the instruction names the object, but its appearance (vivid among pale objects) also
 identifies it, so the claims above are about keeping *the task-relevant object*, not about reading the instruction
-to find it. The `confusable` variant (`lightvla study --variant confusable`) makes every object vivid and, half the
+to find it. The `confusable` variant (`python -m experiments.pruning_study --variant confusable`) makes every object vivid and, half the
 time, gives a distractor the named object's colour or shape, so only the instruction says which one to reach. It
 was not re-run with the present protocol; in exploratory runs with an earlier one (without the word alignment of
 stage 1 and with an L1 base) the tiny model did not learn the binding within a CPU budget.
@@ -675,7 +706,8 @@ def reading(results: dict[str, Any], summary) -> str:
         f"{100 * summary['fastv']['target_recall'][0]:.0f}% of the named object's patches, LightVLA's learned selection "
         f"{100 * light['target_recall'][0]:.0f}%.",
         f"- LightVLA\\* (learnable queries) starts at {star_first:.1f} kept tokens (step {star_step}) and ends at "
-        f"{star['kept'][0]:.1f}, at {star['l1'][0] / none['l1'][0]:.2f}x the unpruned model's error, with a wide seed spread (L1 {min(star['l1'][2]):.4f} to {max(star['l1'][2]):.4f}, "
+        f"{star['kept'][0]:.1f}, at {star['l1'][0] / none['l1'][0]:.2f}x the unpruned model's error, with a wide seed spread "
+        f"(L1 {min(star['l1'][2]):.4f} to {max(star['l1'][2]):.4f}, "
         f"kept {min(star['kept'][2]):.1f} to {max(star['kept'][2]):.1f}). It prunes at the input of LLM layer "
         f"{PRUNE_LAYER}, after a layer over all tokens has already carried what matters into the text and slot tokens, "
         f"so its kept patches need not lie on the object ({'and mostly do not' if star['target_recall'][0] < 0.5 else 'yet mostly do'}: "
@@ -684,14 +716,3 @@ def reading(results: dict[str, Any], summary) -> str:
         f"end with a lower held-out error than {window} steps before the end (plot, right).",
     ]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lightvla_ros.training.study [options]`` is ``lightvla study [options]``."""
-    from lightvla_ros.cli import main as cli_main
-
-    return cli_main(["study", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

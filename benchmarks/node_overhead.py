@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from lightvla_ros.bench.harness import Summary
+from benchmarks.harness import Summary
 
 CAMERA_TOPICS = ("/camera/image_raw", "/wrist_camera/image_raw")
 PROBE_TOPIC = "/lightvla_bench/probe"
@@ -268,14 +268,14 @@ def analyse(phase: Phase, transport_s: float) -> dict[str, Any]:
 
 
 def run_node_benchmark(args: argparse.Namespace) -> int:
-    """``lightvla bench --node``: stream, then idle-trigger, then write JSON and Markdown."""
-    from lightvla_ros.bench.report import load_average, machine_info
+    """``python -m benchmarks --node``: stream, then idle-trigger, then write JSON and Markdown."""
+    from benchmarks.report import load_average, machine_info
 
     if args.node_domain is None:
         args.node_domain = 150 + os.getpid() % 80
     isolate_environment(args.node_domain)
     if importlib.util.find_spec("rclpy") is None:
-        print("lightvla bench --node needs rclpy: source ROS 2 or `pip install .[ros]`", file=sys.stderr)
+        print("python -m benchmarks --node needs rclpy: source ROS 2 or `pip install .[ros]`", file=sys.stderr)
         return 2
     import torch
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from lightvla_ros.bench.harness import OPERATING_POINT, STAGES, Inputs, ScenarioResult, Subject, Summary, paired_ratio
-from lightvla_ros.bench.roofline import DEVICES, JETSONS, PRECISIONS, floor, weight_counts
-from lightvla_ros.model.flops import TYPICAL_PROMPT_TOKENS, ModelShape, count_flops, openvla_oft_7b_config
+from benchmarks.harness import OPERATING_POINT, STAGES, Inputs, ScenarioResult, Subject, Summary, paired_ratio
+from benchmarks.roofline import DEVICES, JETSONS, PRECISIONS, floor, weight_counts
+from lightvla_ros.model.flops import TYPICAL_PROMPT_TOKENS, ModelShape, count_flops
 from lightvla_ros.model.modeling import LightVLAForActionPrediction
+from lightvla_ros.model.presets import openvla_oft_7b_config
 
 SCHEMA = "lightvla-bench/1"
 # Targets on the CPU 7b-shaped preset at the operating point (issue "Performance", section Targets).
@@ -318,9 +319,10 @@ def _ratio_lines(report: dict[str, Any]) -> list[str]:
 def roofline_lines(roof: dict[str, Any]) -> list[str]:
     lines = ["", f"### Roofline floors: {roof['model']}, batch 1, prompt {roof['prompt_tokens']} tokens", "",
              "Compute floor = FLOPs / dense peak; weight-read floor = weights read once / memory bandwidth "
-             "(spec-sheet peaks, see `lightvla_ros/bench/roofline.py`). `int8-wo`: weight-only int8 (bf16 math); "
+             "(spec-sheet peaks, see `benchmarks/roofline.py`). `int8-wo`: weight-only int8 (bf16 math); "
              "`int8`: int8 weights and activations. `fits`: all weights within 85% of device memory.", "",
-             "| device | precision | scenario | kept | seq | TFLOP | weights GB | compute floor ms | weight-read floor ms | floor ms | bound | fits | measured ms |",
+             "| device | precision | scenario | kept | seq | TFLOP | weights GB | compute floor ms | weight-read floor ms "
+             "| floor ms | bound | fits | measured ms |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
     for row in roof["rows"]:
         measured = f"{row['measured_ms']:.1f}" if "measured_ms" in row else "-"
