@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_NAME = 'oft-tiny-libero'
 
 
