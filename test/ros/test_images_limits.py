@@ -15,8 +15,13 @@ import numpy as np
 import pytest
 
 from lightvla_ros.ros.core import images
-from lightvla_ros.ros.core.images import (MAX_IMAGE_PIXELS, ImageDecodeError, compressed_image_size,
-                                          decode_compressed_image, decode_raw_image)
+from lightvla_ros.ros.core.images import (
+    MAX_IMAGE_PIXELS,
+    ImageDecodeError,
+    compressed_image_size,
+    decode_compressed_image,
+    decode_raw_image,
+)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from lightvla_ros.ros.core.launch_plan import (OPTIONAL_NODES, PROFILE_VARIABLE, fastdds_profile, is_true,
-                                               package_installed, plan_optional_nodes)
+from lightvla_ros.ros.core.launch_plan import (
+    OPTIONAL_NODES,
+    PROFILE_VARIABLE,
+    fastdds_profile,
+    is_true,
+    package_installed,
+    plan_optional_nodes,
+)
 
 SHIPPED = Path('/opt/ros/share/lightvla_ros/config/fastdds_camera_transport.xml')
 
