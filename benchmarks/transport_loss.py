@@ -8,11 +8,11 @@ the Fast DDS transport profile of config/fastdds_camera_transport.xml.
 Each case starts a subscriber process and a publisher process on a private ROS_DOMAIN_ID (random in 100..200)
 with discovery restricted to this host, gives FASTDDS_DEFAULT_PROFILES_FILE to the side(s) named by
 ``--profile-on``, publishes for ``--seconds`` once the publisher sees its subscriber, and prints received/sent per
-camera, with the losses Fast DDS itself reported to the subscriber (message_lost events) and the delivery
-latency (header stamp to callback). It also lists the Fast DDS shared-memory segments (/dev/shm/fastdds_*) the two processes mapped, which
-shows whether the profile was picked up (16 MiB beside the default 512 KiB), and the host's UDP counters during
-the case (/proc/net/snmp; system-wide), which show how much went over UDP loopback and how much of it the
-receiving socket dropped because its buffer was full.
+camera, with the losses Fast DDS itself reported to the subscriber (message_lost events) and the delivery latency
+(header stamp to callback). It also lists the Fast DDS shared-memory segments (/dev/shm/fastdds_*) the two
+processes mapped, which shows whether the profile was picked up (16 MiB beside the default 512 KiB), and the
+host's UDP counters during the case (/proc/net/snmp; system-wide), which show how much went over UDP loopback and
+how much of it the receiving socket dropped because its buffer was full.
 """
 
 from __future__ import annotations
@@ -176,16 +176,14 @@ def subscribe(qos: str) -> int:
     return 0
 
 
-def isolated_environment(profile: Path | None) -> dict[str, str]:
-    """A private domain on this host only, Fast DDS, and the profile or none."""
+def isolated_environment() -> dict[str, str]:
+    """A private domain on this host only, Fast DDS, and no Fast DDS profile."""
     env = dict(os.environ)
     env.update(ROS_DOMAIN_ID=str(random.randint(100, 200)), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
                RMW_IMPLEMENTATION='rmw_fastrtps_cpp', PYTHONUNBUFFERED='1')
     for name in ('ROS_LOCALHOST_ONLY', 'ROS_STATIC_PEERS', 'FASTRTPS_DEFAULT_PROFILES_FILE',
                  'FASTDDS_DEFAULT_PROFILES_FILE', 'FASTDDS_BUILTIN_TRANSPORTS', 'ROS_DISCOVERY_SERVER'):
         env.pop(name, None)
-    if profile is not None:
-        env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(profile)
     return env
 
 
@@ -227,7 +225,7 @@ def run_case(qos: str, profile_on: str, seconds: float, rate: float = 30.0, widt
              height: int = 480, profile: Path = PROFILE) -> Case:
     """Measure one configuration with a fresh subscriber and publisher process."""
     case = Case(qos, profile_on, seconds)
-    domain_env = isolated_environment(None)
+    domain_env = isolated_environment()
     pub_env = dict(domain_env)
     sub_env = dict(domain_env)
     if profile_on in ('publisher', 'both'):
