@@ -58,7 +58,6 @@ setup(
     maintainer_email="lightvla-ros@example.com",
     description="LightVLA: token-pruned OpenVLA-OFT vision-language-action policy as a ROS 2 node",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "lightvla = lightvla_ros.cli:main",

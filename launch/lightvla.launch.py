@@ -5,15 +5,21 @@
         start_aggregator:=true rviz:=true
 
 The node's parameters come from ``params_file`` (default: the package's config/lightvla.yaml); the
-checkpoint and device arguments override it when given.
+checkpoint and device arguments override it when given. The aggregator and rviz2 are started only when
+their packages are installed; otherwise a warning says what to install and the rest starts. The started
+nodes get the Fast DDS transport profile config/fastdds_camera_transport.xml (``fastdds_profile``).
 """
 
+import os
+from pathlib import Path
+
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from lightvla_ros.ros.core.launch_plan import fastdds_profile, is_true, plan_optional_nodes
 
 PACKAGE = 'lightvla_ros'
 
@@ -31,36 +37,51 @@ ARGUMENTS = (
      '(for rqt_robot_monitor).'),
     ('rviz', 'false',
      'Start rviz2 with config/lightvla.rviz (debug image and predicted EEF path).'),
+    ('fastdds_profile', 'true',
+     'Fast DDS transport profile for the started nodes: true (config/fastdds_camera_transport.xml, '
+     'a 16 MiB shared-memory segment that 640x480 frames need; an existing '
+     'FASTDDS_DEFAULT_PROFILES_FILE is kept), false, or the path of another profile.'),
 )
 
 
 def _nodes(context, *args, **kwargs):
-    """Build the nodes once the arguments are known (so empty overrides can be left out)."""
-    namespace = LaunchConfiguration('namespace').perform(context)
-    use_sim_time = LaunchConfiguration('use_sim_time').perform(context).lower() in ('true', '1')
+    """Build the nodes once the arguments are known (so empty overrides and missing packages can be left out)."""
+    value = {name: LaunchConfiguration(name).perform(context)
+             for name in ('namespace', 'use_sim_time', 'demo_camera', 'start_aggregator', 'rviz',
+                          'fastdds_profile')}
+    namespace = value['namespace']
+    use_sim_time = is_true(value['use_sim_time'], 'use_sim_time')
     overrides = {'use_sim_time': use_sim_time}
     for name in ('checkpoint', 'device'):
-        value = LaunchConfiguration(name).perform(context)
-        if value:
-            overrides[name] = value
+        override = LaunchConfiguration(name).perform(context)
+        if override:
+            overrides[name] = override
     share = FindPackageShare(PACKAGE)
-    return [
-        Node(package=PACKAGE, executable='lightvla_node', name='lightvla_node',
-             namespace=namespace, output='screen', emulate_tty=True,
-             parameters=[LaunchConfiguration('params_file'), overrides]),
-        Node(package=PACKAGE, executable='lightvla_demo_camera', name='lightvla_demo_camera',
-             namespace=namespace, output='screen', parameters=[{'use_sim_time': use_sim_time}],
-             condition=IfCondition(LaunchConfiguration('demo_camera'))),
-        Node(package='diagnostic_aggregator', executable='aggregator_node', name='analyzers',
-             output='screen',
-             parameters=[PathJoinSubstitution([share, 'config', 'diagnostics_analyzers.yaml']),
-                         {'use_sim_time': use_sim_time}],
-             condition=IfCondition(LaunchConfiguration('start_aggregator'))),
-        Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
-             arguments=['-d', PathJoinSubstitution([share, 'config', 'lightvla.rviz'])],
-             parameters=[{'use_sim_time': use_sim_time}],
-             condition=IfCondition(LaunchConfiguration('rviz'))),
-    ]
+    shipped_profile = Path(share.perform(context)) / 'config' / 'fastdds_camera_transport.xml'
+    profile, profile_note = fastdds_profile(value['fastdds_profile'], shipped_profile, os.environ)
+    env = {'FASTDDS_DEFAULT_PROFILES_FILE': profile} if profile else {}
+    optional, missing = plan_optional_nodes(value)
+    actions = [LogInfo(msg=profile_note)] + [LogInfo(msg=f'WARNING: {text}') for text in missing]
+    actions.append(Node(package=PACKAGE, executable='lightvla_node', name='lightvla_node',
+                        namespace=namespace, output='screen', emulate_tty=True, additional_env=env,
+                        parameters=[LaunchConfiguration('params_file'), overrides]))
+    if is_true(value['demo_camera'], 'demo_camera'):
+        actions.append(Node(package=PACKAGE, executable='lightvla_demo_camera',
+                            name='lightvla_demo_camera', namespace=namespace, output='screen',
+                            additional_env=env, parameters=[{'use_sim_time': use_sim_time}]))
+    started = {node.package for node in optional}
+    if 'diagnostic_aggregator' in started:
+        actions.append(Node(package='diagnostic_aggregator', executable='aggregator_node',
+                            name='analyzers', output='screen', additional_env=env,
+                            parameters=[PathJoinSubstitution([share, 'config',
+                                                              'diagnostics_analyzers.yaml']),
+                                        {'use_sim_time': use_sim_time}]))
+    if 'rviz2' in started:
+        actions.append(Node(package='rviz2', executable='rviz2', name='rviz2', namespace=namespace,
+                            additional_env=env,
+                            arguments=['-d', PathJoinSubstitution([share, 'config', 'lightvla.rviz'])],
+                            parameters=[{'use_sim_time': use_sim_time}]))
+    return actions
 
 
 def generate_launch_description():

@@ -9,6 +9,7 @@ install provides a working one.
 from __future__ import annotations
 
 import functools
+import io
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ _ENCODINGS: dict[str, tuple[int, int, str]] = {
 SUPPORTED_ENCODINGS: tuple[str, ...] = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8',
                                         'rgb16', 'bgr16', 'mono16')
 
+# Largest frame decoded (raw or compressed): a bigger one would take gigabytes and seconds to decode.
 MAX_IMAGE_PIXELS = 8192 * 8192
 
 
@@ -70,6 +72,12 @@ def _decode_with_cv_bridge(msg: Any, encoding: str) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(f'image too large ({width}x{height} = {width * height} pixels; the limit '
+                               f'is {MAX_IMAGE_PIXELS} pixels, 8192x8192)')
+
+
 def decode_raw_image(msg: Any) -> np.ndarray:
     """Return an HxWx3 uint8 RGB copy of a ``sensor_msgs/Image``.
 
@@ -83,8 +91,7 @@ def decode_raw_image(msg: Any) -> np.ndarray:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f'zero-size image ({width}x{height})')
-    if height * width > MAX_IMAGE_PIXELS:
-        raise ImageDecodeError(f'image too large ({width}x{height})')
+    _check_pixels(width, height)
     row_bytes = width * channels * depth
     if step < row_bytes:
         raise ImageDecodeError(
@@ -112,18 +119,47 @@ def decode_raw_image(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
+def compressed_image_size(data: bytes | memoryview, fmt: str = '') -> tuple[int, int]:
+    """(width, height) from the header of a compressed image, without decoding its pixels.
+
+    Pillow reads only the header here (PNG IHDR, JPEG SOFn, ...). Sizes beyond Pillow's own
+    decompression-bomb limit, which is above ``MAX_IMAGE_PIXELS``, arrive as its bomb error or warning.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f'compressed image too large (Pillow: {exc}); the limit is '
+                               f'{MAX_IMAGE_PIXELS} pixels, 8192x8192') from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"compressed image (format '{fmt or 'unknown'}') could not be decoded: "
+                               'unreadable header (not an image, or cut short)') from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"compressed image (format '{fmt or 'unknown'}') could not be decoded: "
+                               f'unreadable header ({exc})') from exc
+    return int(width), int(height)
+
+
 def decode_compressed_image(msg: Any) -> np.ndarray:
-    """Return an HxWx3 uint8 RGB array from a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...)."""
+    """Return an HxWx3 uint8 RGB array from a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...).
+
+    The size in the header is checked first: a few kilobytes of PNG can declare 10000x10000 pixels.
+    """
     import cv2
 
+    fmt = str(getattr(msg, 'format', ''))
     data = _as_bytes(msg.data)
     if len(data) == 0:
         raise ImageDecodeError('compressed image has no data')
-    flat = np.frombuffer(data, dtype=np.uint8)
-    decoded = cv2.imdecode(flat, cv2.IMREAD_COLOR)
+    width, height = compressed_image_size(data, fmt)
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(f'zero-size image ({width}x{height})')
+    _check_pixels(width, height)
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if decoded is None or decoded.size == 0:
-        fmt = str(getattr(msg, 'format', '')) or 'unknown'
-        raise ImageDecodeError(f"compressed image (format '{fmt}') could not be decoded")
+        raise ImageDecodeError(f"compressed image (format '{fmt or 'unknown'}') could not be decoded")
     return np.ascontiguousarray(decoded[:, :, ::-1])
 
 
