@@ -13,12 +13,12 @@ nodes get the Fast DDS transport profile config/fastdds_camera_transport.xml (``
 import os
 from pathlib import Path
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from launch import LaunchDescription
 from lightvla_ros.ros.core.launch_plan import fastdds_profile, is_true, plan_optional_nodes
 
 PACKAGE = 'lightvla_ros'

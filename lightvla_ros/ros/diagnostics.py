@@ -21,10 +21,25 @@ from lightvla_ros.ros.core.instructions import InstructionTracker
 from lightvla_ros.ros.core.params import NodeConfig
 from lightvla_ros.ros.core.state import StateStore
 from lightvla_ros.ros.core.stats import ActionCounters, PruningStats, RollingWindow
-from lightvla_ros.ros.core.status import (ERROR, OK, CameraReport, InputLimits, InstructionReport, ModelInfo, OutputReport,
-                                          StateReport, StatusReport, SyncReport, actions_status, inference_status,
-                                          inputs_status, instruction_status, model_status, outputs_status,
-                                          pruning_status)
+from lightvla_ros.ros.core.status import (
+    ERROR,
+    OK,
+    CameraReport,
+    InputLimits,
+    InstructionReport,
+    ModelInfo,
+    OutputReport,
+    StateReport,
+    StatusReport,
+    SyncReport,
+    actions_status,
+    inference_status,
+    inputs_status,
+    instruction_status,
+    model_status,
+    outputs_status,
+    pruning_status,
+)
 from lightvla_ros.ros.endpoints import Endpoints, qos_text
 
 TaskFn = Callable[[], StatusReport]

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from lightvla_ros.ros.core.frames import FrameSet, FrameStore
-from lightvla_ros.ros.core.state import (StateError, StateStore, check_state, state_from_array,
-                                         state_from_joint_state)
+from lightvla_ros.ros.core.state import StateError, StateStore, check_state, state_from_array, state_from_joint_state
 
 
 def test_matched_set_uses_each_frame_once():

@@ -1,7 +1,7 @@
 """Instruction normalisation, repeats, epochs, stop and rejection."""
 
-from lightvla_ros.ros.core.instructions import (InstructionEventKind as Kind, InstructionTracker,
-                                                instruction_key, normalize_instruction)
+from lightvla_ros.ros.core.instructions import InstructionEventKind as Kind
+from lightvla_ros.ros.core.instructions import InstructionTracker, instruction_key, normalize_instruction
 
 
 def test_normalisation():

@@ -2,10 +2,26 @@
 
 from lightvla_ros.ros.core.frames import CameraCounters
 from lightvla_ros.ros.core.stats import ActionCounters, PruningStats, RollingWindow
-from lightvla_ros.ros.core.status import (ERROR, OK, WARN, CameraReport, InputLimits, InstructionReport,
-                                          ModelInfo, OutputReport, QosEvents, StateReport, SyncReport,
-                                          actions_status, inference_status, inputs_status, instruction_status,
-                                          model_status, outputs_status, pruning_status)
+from lightvla_ros.ros.core.status import (
+    ERROR,
+    OK,
+    WARN,
+    CameraReport,
+    InputLimits,
+    InstructionReport,
+    ModelInfo,
+    OutputReport,
+    QosEvents,
+    StateReport,
+    SyncReport,
+    actions_status,
+    inference_status,
+    inputs_status,
+    instruction_status,
+    model_status,
+    outputs_status,
+    pruning_status,
+)
 
 LIMITS = InputLimits(camera_timeout=2.0, max_image_age=1.0, ahead_tolerance=0.1)
 

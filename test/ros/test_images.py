@@ -5,8 +5,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lightvla_ros.ros.core.images import (ImageDecodeError, decode_compressed_image, decode_image,
-                                          decode_raw_image, encode_rgb_fields)
+from lightvla_ros.ros.core.images import (
+    ImageDecodeError,
+    decode_compressed_image,
+    decode_image,
+    decode_raw_image,
+    encode_rgb_fields,
+)
 
 RGB = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
 

@@ -148,10 +148,10 @@ def test_launch_description_with_stand_ins(monkeypatch, tmp_path):
                     reason='launch_ros not installed (PyPI wheels); the structure is checked '
                            'with stand-ins instead')
 def test_launch_description_with_launch_ros(monkeypatch, tmp_path):
-    from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
     from launch_ros.actions import Node
 
+    from launch import LaunchContext
     from lightvla_ros.ros.core.launch_plan import package_installed
 
     prefix = _ament_index(tmp_path, 'lightvla_ros')

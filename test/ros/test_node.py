@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import gc
 import math
-import re
 import os
+import re
 import weakref
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import pytest
-from ros_support import (FakePolicy, image_msg, info_values, isolate_ros_environment, rgb_image,
-                         spin_until)
+from ros_support import FakePolicy, image_msg, info_values, isolate_ros_environment, rgb_image, spin_until
 
 isolate_ros_environment()
 
@@ -27,8 +26,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import TwistStamped  # noqa: E402
 from nav_msgs.msg import Path  # noqa: E402
 from rclpy.context import Context  # noqa: E402
-from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ros_support import (REPO_ROOT, info_values, isolate_ros_environment, spin_until,
-                         tiny_checkpoint)
+from ros_support import REPO_ROOT, info_values, isolate_ros_environment, spin_until, tiny_checkpoint
 
 isolate_ros_environment()
 
