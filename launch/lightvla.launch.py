@@ -3,6 +3,12 @@
     ros2 launch lightvla_ros lightvla.launch.py checkpoint:=/path/to/checkpoint
     ros2 launch lightvla_ros lightvla.launch.py checkpoint:=/tmp/tiny demo_camera:=true \
         start_aggregator:=true rviz:=true
+    ros2 launch lightvla_ros lightvla.launch.py checkpoint:=/path autostart:=false   # then:
+    ros2 lifecycle set /lightvla_node configure && ros2 lifecycle set /lightvla_node activate
+
+lightvla_node is a managed node (a ``LifecycleNode`` action, so launch files can react to its transitions); with
+``autostart`` true (the parameter file's default) it configures and activates itself, with false it waits for a
+lifecycle manager.
 
 The node's parameters come from ``params_file`` (default: the package's config/lightvla.yaml); the
 checkpoint and device arguments override it when given. The aggregator and rviz2 are started only when
@@ -13,12 +19,12 @@ nodes get the Fast DDS transport profile config/fastdds_camera_transport.xml (``
 import os
 from pathlib import Path
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
-from launch import LaunchDescription
 from lightvla_ros.ros.core.launch_plan import fastdds_profile, is_true, plan_optional_nodes
 
 PACKAGE = 'lightvla_ros'
@@ -28,6 +34,8 @@ ARGUMENTS = (
      'Parameter file of lightvla_node.'),
     ('checkpoint', '', 'Checkpoint folder; overrides the parameter file when not empty.'),
     ('device', '', 'auto, cpu, cuda or cuda:N; overrides the parameter file when not empty.'),
+    ('autostart', '', 'true: configure and activate at start; false: wait for a lifecycle manager or '
+                      '`ros2 lifecycle set`; empty: as the parameter file says (true).'),
     ('namespace', '', 'Namespace of the nodes (the instruction topic is then <ns>/instruction).'),
     ('use_sim_time', 'false', 'Use /clock (for rosbag replay with --clock).'),
     ('demo_camera', 'false',
@@ -56,15 +64,18 @@ def _nodes(context, *args, **kwargs):
         override = LaunchConfiguration(name).perform(context)
         if override:
             overrides[name] = override
+    autostart = LaunchConfiguration('autostart').perform(context)
+    if autostart:
+        overrides['autostart'] = is_true(autostart, 'autostart')
     share = FindPackageShare(PACKAGE)
     shipped_profile = Path(share.perform(context)) / 'config' / 'fastdds_camera_transport.xml'
     profile, profile_note = fastdds_profile(value['fastdds_profile'], shipped_profile, os.environ)
     env = {'FASTDDS_DEFAULT_PROFILES_FILE': profile} if profile else {}
     optional, missing = plan_optional_nodes(value)
     actions = [LogInfo(msg=profile_note)] + [LogInfo(msg=f'WARNING: {text}') for text in missing]
-    actions.append(Node(package=PACKAGE, executable='lightvla_node', name='lightvla_node',
-                        namespace=namespace, output='screen', emulate_tty=True, additional_env=env,
-                        parameters=[LaunchConfiguration('params_file'), overrides]))
+    actions.append(LifecycleNode(package=PACKAGE, executable='lightvla_node', name='lightvla_node',
+                                 namespace=namespace, output='screen', emulate_tty=True, additional_env=env,
+                                 parameters=[LaunchConfiguration('params_file'), overrides]))
     if is_true(value['demo_camera'], 'demo_camera'):
         actions.append(Node(package=PACKAGE, executable='lightvla_demo_camera',
                             name='lightvla_demo_camera', namespace=namespace, output='screen',

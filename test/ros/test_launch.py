@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / 'launch' / 'lightvla.launch.py'
-ARGUMENTS = {'params_file', 'checkpoint', 'device', 'namespace', 'use_sim_time', 'demo_camera',
+ARGUMENTS = {'params_file', 'checkpoint', 'device', 'autostart', 'namespace', 'use_sim_time', 'demo_camera',
              'start_aggregator', 'rviz', 'fastdds_profile'}
 HAVE_LAUNCH_ROS = importlib.util.find_spec('launch_ros') is not None
 
@@ -71,7 +71,7 @@ def _fake_launch_modules() -> dict[str, types.ModuleType]:
     classes = {'launch': ['LaunchDescription'],
                'launch.actions': ['DeclareLaunchArgument', 'LogInfo', 'OpaqueFunction'],
                'launch.substitutions': ['PathJoinSubstitution'],
-               'launch_ros': [], 'launch_ros.actions': ['Node'],
+               'launch_ros': [], 'launch_ros.actions': ['LifecycleNode', 'Node'],
                'launch_ros.substitutions': []}
     modules = {}
     for module_name, names in classes.items():
@@ -86,7 +86,7 @@ def _fake_launch_modules() -> dict[str, types.ModuleType]:
 
 def _split(actions: list[Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Started nodes by executable, and the logged lines."""
-    nodes = {a.kwargs['executable']: a.kwargs for a in actions if type(a).__name__ == 'Node'}
+    nodes = {a.kwargs['executable']: a.kwargs for a in actions if type(a).__name__ in ('Node', 'LifecycleNode')}
     return nodes, [a.kwargs['msg'] for a in actions if type(a).__name__ == 'LogInfo']
 
 
@@ -110,7 +110,9 @@ def test_launch_description_with_stand_ins(monkeypatch, tmp_path):
     context = {name: (kw['default_value'] if isinstance(kw['default_value'], str) else '')
                for name, kw in declared.items()}
 
-    nodes, logged = _split(nodes_for(context))
+    actions = nodes_for(context)
+    assert [type(a).__name__ for a in actions if 'executable' in a.kwargs] == ['LifecycleNode']  # a managed node
+    nodes, logged = _split(actions)
     assert set(nodes) == {'lightvla_node'}  # the optional nodes are off by default
     node = nodes['lightvla_node']
     assert node['package'] == 'lightvla_ros' and node['name'] == 'lightvla_node'
@@ -137,10 +139,10 @@ def test_launch_description_with_stand_ins(monkeypatch, tmp_path):
     assert all(n['additional_env'] == {} for n in nodes.values())
 
     context.update(checkpoint='/models/lightvla', device='cuda:0', use_sim_time='true',
-                   namespace='robot1')
+                   namespace='robot1', autostart='false')
     node = _split(nodes_for(context))[0]['lightvla_node']
     assert node['parameters'][1] == {'use_sim_time': True, 'checkpoint': '/models/lightvla',
-                                     'device': 'cuda:0'}
+                                     'device': 'cuda:0', 'autostart': False}
     assert node['namespace'] == 'robot1'
 
 
@@ -148,10 +150,10 @@ def test_launch_description_with_stand_ins(monkeypatch, tmp_path):
                     reason='launch_ros not installed (PyPI wheels); the structure is checked '
                            'with stand-ins instead')
 def test_launch_description_with_launch_ros(monkeypatch, tmp_path):
+    from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
     from launch_ros.actions import Node
 
-    from launch import LaunchContext
     from lightvla_ros.ros.core.launch_plan import package_installed
 
     prefix = _ament_index(tmp_path, 'lightvla_ros')
@@ -162,7 +164,7 @@ def test_launch_description_with_launch_ros(monkeypatch, tmp_path):
     assert {e.name for e in declared} >= ARGUMENTS
     context.launch_configurations.update(
         params_file=str(ROOT / 'config' / 'lightvla.yaml'), checkpoint='/models/lightvla',
-        device='', namespace='', use_sim_time='false', demo_camera='true',
+        device='', autostart='', namespace='', use_sim_time='false', demo_camera='true',
         start_aggregator='true', rviz='true', fastdds_profile='true')
     opaque = [e for e in description.entities if isinstance(e, OpaqueFunction)]
     actions = opaque[0].visit(context)
