@@ -150,9 +150,9 @@ def _mapping_help(root: Path, problem: str, features: dict[str, Any], visual: li
     guess = ([k for k in visual if k not in wrist] + wrist)[: num_images or len(visual)]
     state = DEFAULT_STATE if DEFAULT_STATE in features else next((k for k in numeric if k.startswith("observation.")), None)
     action = DEFAULT_ACTION if DEFAULT_ACTION in features else next((k for k in numeric if k != state), DEFAULT_ACTION)
-    width = max(len(k) for k in features) if features else 0
+    width = max((len(k) for k in features), default=0)
     lines = [f"{root}: {problem}.", "The dataset's features (meta/info.json):"]
-    lines += [f"  {key:<{width}}  {_describe(value)}" for key, value in features.items()]
+    lines += [f"  {key:<{width}}  {_describe(value)}" for key, value in features.items() if key not in BOOKKEEPING]
     roles = " then ".join(camera_roles(len(guess))) if guess else "third-person first"
     lines += ["Write the mapping in a YAML file, edit it to what each feature is, and pass it with --data-config FILE:",
               f"  cameras: [{', '.join(guess)}]  # the model's images in order: {roles}",
