@@ -138,6 +138,7 @@ OPTIONAL_COMMANDS = {
     "demo": "lightvla_ros.ros.commands",
     "instruct": "lightvla_ros.ros.commands",
     "monitor": "lightvla_ros.ros.commands",
+    "record": "lightvla_ros.ros.record",
     "bench": "lightvla_ros.bench.commands",
     "train": "lightvla_ros.training.commands",
     "study": "lightvla_ros.training.commands",

@@ -28,7 +28,8 @@ NODE_STOP_WORDS: list[str] = list(SPECS["stop_words"].default)  # type: ignore[a
 MAX_INSTRUCTION_CHARS = int(SPECS["max_instruction_chars"].default)  # type: ignore[arg-type]
 
 EXAMPLE_CONFIG = """\
-# Topics and message mapping for `lightvla train --data BAG_OR_FOLDER_OF_BAGS --data-config this.yaml`.
+# Topics and message mapping for `lightvla train --data BAG_OR_FOLDER_OF_BAGS --data-config this.yaml`
+# (`lightvla record BAG --data-config this.yaml` records these topics).
 cameras: [camera/image_raw, wrist_camera/image_raw]  # sensor_msgs/Image or CompressedImage; third-person first
 instruction: instruction      # std_msgs/String: new text starts an episode; "" or a stop word ends it (as in the node)
 stop_words: [stop]            # instructions meaning "stop" (the node's stop_words parameter); never trained on
@@ -129,6 +130,16 @@ class BagConfig:
         if config.stamps not in ("receive", "header"):
             raise DataError(f"{path}: stamps must be 'receive' or 'header', got {config.stamps!r}")
         return config
+
+    def topic_types(self) -> dict[str, tuple[str, ...]]:
+        """Every topic to record (absolute names), with the message types the reader takes on it."""
+        vectors = (*ARRAY_TYPES, *SCALAR_TYPES, *TWIST_TYPES, JOINT_STATE)
+        topics = {_norm(t): IMAGE_TYPES for t in self.cameras}
+        topics[_norm(self.instruction)] = ("std_msgs/msg/String",)
+        if self.state is not None:
+            topics[_norm(self.state.topic)] = vectors
+        topics.update({_norm(a.topic): vectors for a in self.actions})
+        return topics
 
 
 def find_bags(root: Path) -> list[Path]:
