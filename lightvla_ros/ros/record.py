@@ -88,7 +88,7 @@ class Recorder:
     node: Node
     writer: Any  # rosbags.rosbag2.Writer, open
     topics: dict[str, tuple[str, ...]]
-    counters: dict[str, TopicCounter] = field(default_factory=dict)
+    counters: dict[str, TopicCounter] = field(init=False)
 
     def __post_init__(self) -> None:
         from rosbags.typesys import Stores, get_typestore

@@ -15,7 +15,9 @@ feature names. What the rule cannot decide fails with the dataset's features and
 from __future__ import annotations
 
 import json
+import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ DEFAULT_ACTION = "action"
 WRIST_NAME = re.compile(r"wrist|hand|gripper", re.IGNORECASE)
 VISUAL_TYPES = ("image", "video")
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+DECODE_THREADS = min(8, os.cpu_count() or 1)  # video files decoded at once
 
 
 @dataclass
@@ -187,29 +190,34 @@ def read_lerobot(root: Path, *, image_size: int | None, report: DataReport, conf
     episode_index = np.asarray(rows["episode_index"])
     order = np.lexsort((np.asarray(rows["frame_index"]), episode_index))
     videos = _VideoFrames(root, info, [c for c in cameras if features[c]["dtype"] == "video"], image_size)
-    episodes = []
-    for ep in np.unique(episode_index):
-        idx = order[episode_index[order] == ep]
-        name = f"episode_{int(ep)}"
-        task_ids = {rows["task_index"][i] for i in idx}
-        if len(task_ids) > 1:
-            report.warn(name, f"{len(task_ids)} tasks within one episode; using the first frame's")
-        instruction = tasks.get(rows["task_index"][idx[0]], "")
-        if not instruction:
-            report.error(name, f"task_index {rows['task_index'][idx[0]]} has no task text in meta/tasks")
-        images = []
-        for camera in cameras:
-            if features[camera]["dtype"] == "image":
-                images.append(EncodedFrames([_image_source(root, rows[camera][i], name, report) for i in idx]))
-                continue
+    episodes: list[Episode] = []
+    decoding: list[tuple[int, int, str, Future]] = []  # (episode, camera position, key, frames being decoded)
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:  # FFmpeg, resizing and PNG run without the GIL
+        for ep in np.unique(episode_index):
+            idx = order[episode_index[order] == ep]
+            name = f"episode_{int(ep)}"
+            task_ids = {rows["task_index"][i] for i in idx}
+            if len(task_ids) > 1:
+                report.warn(name, f"{len(task_ids)} tasks within one episode; using the first frame's")
+            instruction = tasks.get(rows["task_index"][idx[0]], "")
+            if not instruction:
+                report.error(name, f"task_index {rows['task_index'][idx[0]]} has no task text in meta/tasks")
+            images: list[EncodedFrames] = []
+            for camera in cameras:
+                if features[camera]["dtype"] == "image":
+                    images.append(EncodedFrames([_image_source(root, rows[camera][i], name, report) for i in idx]))
+                else:
+                    times = [float(rows["timestamp"][i]) for i in idx]
+                    images.append(EncodedFrames([]))
+                    decoding.append((len(episodes), len(images) - 1, camera, pool.submit(videos.frames, camera, int(ep), times)))
+            actions = _matrix([rows[choice.action][i] for i in idx])
+            states = _matrix([rows[choice.state][i] for i in idx]) if choice.state else None
+            episodes.append(Episode(instruction, images, states, actions, name))
+        for e, k, camera, frames in decoding:
             try:
-                images.append(videos.frames(camera, int(ep), [float(rows["timestamp"][i]) for i in idx]))
+                episodes[e].images[k] = frames.result()
             except DataError as exc:
-                report.error(name, f"camera {camera}: {exc}")
-                images.append(EncodedFrames([]))
-        actions = _matrix([rows[choice.action][i] for i in idx])
-        states = _matrix([rows[choice.state][i] for i in idx]) if choice.state else None
-        episodes.append(Episode(instruction, images, states, actions, name))
+                report.error(episodes[e].name, f"camera {camera}: {exc}")
     return episodes
 
 

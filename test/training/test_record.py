@@ -114,3 +114,15 @@ def test_record_a_teleoperated_session_then_train_on_it(tmp_path, ros_domain, ca
 def test_record_needs_a_new_folder(tmp_path, ros_domain, capsys):
     assert cli_main(["record", str(tmp_path)]) == 2
     assert "exists; rosbag2 writes a new folder" in capsys.readouterr().err
+
+
+def test_record_stops_after_duration_and_names_silent_topics(tmp_path, ros_domain, capsys):
+    config = tmp_path / "topics.yaml"
+    config.write_text("cameras: [nobody/image]\ninstruction: nobody/instruction\nactions: [{topic: nobody/action}]\n")
+    started = time.monotonic()
+    assert cli_main(["record", str(tmp_path / "bag"), "--data-config", str(config), "--storage", "sqlite3", "--duration", "1"]) == 1
+    assert time.monotonic() - started < 20
+    err = capsys.readouterr().err
+    assert "/nobody/image (no publisher yet) | /nobody/instruction (no publisher yet) | /nobody/action (no publisher yet)" in err
+    assert "nothing received on /nobody/image, /nobody/instruction, /nobody/action" in err
+    assert (tmp_path / "bag" / "metadata.yaml").is_file() and (tmp_path / "bag" / "bag.db3").is_file()
