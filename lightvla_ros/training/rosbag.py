@@ -165,17 +165,11 @@ class _Open:
 
 def read_rosbags(bags: list[Path], config_path: str | Path | None, *, image_size: int | None, report: DataReport) -> list[Episode]:
     config = BagConfig.load(config_path)
-    roles = camera_roles(len(config.cameras))
-    for role, topic in zip(roles, config.cameras):
+    for role, topic in zip(camera_roles(len(config.cameras)), config.cameras):
         report.chose(f"{role}: {_norm(topic)}")
     report.chose(f"instruction: {_norm(config.instruction)} (episodes end at \"\" and stop words {config.stop_words})")
-    if config.state is not None:
-        report.chose(f"state: {_norm(config.state.topic)}" + (f" joints {config.state.joint_names}" if config.state.joint_names else "")
-                     + (f" elements {config.state.indices}" if config.state.indices else ""))
-    else:
-        report.chose("state: none")
-    report.chose("action: " + " + ".join(_norm(a.topic) + (f" elements {a.indices}" if a.indices else "") for a in config.actions)
-                 + " (time steps: the first topic's messages)")
+    report.chose(f"state: {_describe(config.state) if config.state else 'none'}")
+    report.chose(f"action: {' + '.join(_describe(a) for a in config.actions)} (time steps: the first topic's messages)")
     episodes: list[Episode] = []
     for bag in bags:
         episodes += _read_bag(bag, config, image_size, report)
@@ -213,6 +207,11 @@ def _read_bag(bag: Path, config: BagConfig, image_size: int | None, report: Data
                          message_to_cvimage)
     finally:
         reader.close()
+
+
+def _describe(source: VectorSource) -> str:
+    selected = f" joints {source.joint_names}" if source.joint_names else ""
+    return _norm(source.topic) + selected + (f" elements {source.indices}" if source.indices else "")
 
 
 def _norm(topic: str) -> str:

@@ -495,10 +495,9 @@ class Trainer:
 def run_header(config: TrainConfig, world: int, train: list[Episode], val: list[Episode]) -> str:
     """What the run will do, with the effective batch against the reference's (a one-GPU run has an eighth of it)."""
     per_step = config.batch_size * world * config.grad_accum
+    tuning = f"LoRA rank {config.lora_rank} alpha {config.lora_alpha}" if config.lora_rank else "full fine-tuning"
     lines = [f"run: {len(train)} training episode(s), {sum(len(e) for e in train)} frames; {len(val)} held out",
-             f"  {config.steps} steps, lr {config.lr:g} x {config.lr_gamma:g} at step(s) {config.milestones()}, "
-             f"LoRA rank {config.lora_rank} alpha {config.lora_alpha}" if config.lora_rank else
-             f"  {config.steps} steps, lr {config.lr:g} x {config.lr_gamma:g} at step(s) {config.milestones()}, full fine-tuning",
+             f"  {config.steps} steps, lr {config.lr:g} x {config.lr_gamma:g} at step(s) {config.milestones()}, {tuning}",
              f"  effective batch {per_step} samples per step = {config.batch_size} per process x {world} process(es) x "
              f"{config.grad_accum} accumulation (reference recipe: {REFERENCE_BATCH} = 8 GPUs x 8)"]
     if per_step < REFERENCE_BATCH:
