@@ -259,6 +259,8 @@ class _VideoFrames:
 
     def __init__(self, root: Path, info: dict[str, Any], keys: list[str], image_size: int | None) -> None:
         self.root, self.info, self.image_size = root, info, image_size
+        if keys and not info.get("video_path"):
+            raise DataError(f"{root}: video features {keys} but no video_path template in meta/info.json")
         self.fps = float(info.get("fps", 0))
         self.version = str(info.get("codebase_version", "v2.1"))
         self.episodes = self._episode_table() if keys and self.version.startswith("v3") else {}
@@ -277,7 +279,7 @@ class _VideoFrames:
         template = self.info["video_path"]
         if self.version.startswith("v3"):
             row = self.episodes.get(episode)
-            if row is None or row.get(f"videos/{key}/file_index") is None:
+            if row is None or row.get(f"videos/{key}/file_index") is None or row.get(f"videos/{key}/from_timestamp") is None:
                 raise DataError(f"episode {episode} has no videos/{key}/* entry in meta/episodes")
             path = template.format(video_key=key, chunk_index=row[f"videos/{key}/chunk_index"], file_index=row[f"videos/{key}/file_index"])
             end = row.get(f"videos/{key}/to_timestamp")

@@ -126,3 +126,9 @@ def test_record_stops_after_duration_and_names_silent_topics(tmp_path, ros_domai
     assert "/nobody/image (no publisher yet) | /nobody/instruction (no publisher yet) | /nobody/action (no publisher yet)" in err
     assert "nothing received on /nobody/image, /nobody/instruction, /nobody/action" in err
     assert (tmp_path / "bag" / "metadata.yaml").is_file() and (tmp_path / "bag" / "bag.db3").is_file()
+
+
+def test_record_starts_without_torch():
+    code = "import sys; from lightvla_ros.cli import build_parser; build_parser('record'); print('torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_python_env(), capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "False", run.stderr
