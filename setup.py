@@ -35,8 +35,10 @@ EXTRAS = {
         "rosbags>=0.10",
         "rosbags-image>=0.9",
     ],
-    "train": ["peft>=0.13", "rosbags>=0.10", "pyarrow>=15", "matplotlib>=3.8"],
-    "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "peft>=0.13", "rosbags>=0.10", "rosbags-image>=0.9", "pyarrow>=15"],
+    # av: PyAV, whose wheels bundle FFmpeg with the dav1d AV1 decoder (LeRobot videos: AV1, H.264, HEVC)
+    "train": ["peft>=0.13", "rosbags>=0.10", "pyarrow>=15", "matplotlib>=3.8", "av>=14"],
+    "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "peft>=0.13", "rosbags>=0.10", "rosbags-image>=0.9",
+            "pyarrow>=15", "av>=14"],
 }
 
 setup(

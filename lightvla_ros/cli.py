@@ -152,6 +152,7 @@ OPTIONAL_COMMANDS = {
     "demo": "lightvla_ros.ros.commands",
     "instruct": "lightvla_ros.ros.commands",
     "monitor": "lightvla_ros.ros.commands",
+    "record": "lightvla_ros.ros.record",
     "train": "lightvla_ros.training.commands",
 }
 

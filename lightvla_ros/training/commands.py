@@ -16,13 +16,24 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def example_data_config(form: str) -> str:
+    """The annotated ``--data-config`` for a rosbag2 recording, a LeRobot dataset, or both (each a complete file)."""
+    from lightvla_ros.training.lerobot import EXAMPLE_CONFIG as LEROBOT
+    from lightvla_ros.training.rosbag import EXAMPLE_CONFIG as ROSBAG
+
+    if form == "rosbag":
+        return ROSBAG
+    if form == "lerobot":
+        return LEROBOT
+    return (f"# ---- for a rosbag2 recording (`lightvla train --example-data-config rosbag` prints only this) ----\n{ROSBAG}\n"
+            f"# ---- for a LeRobot dataset folder (`lightvla train --example-data-config lerobot`) ----\n{LEROBOT}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from lightvla_ros.training.trainer import Trainer
 
     if args.example_data_config:
-        from lightvla_ros.training.rosbag import EXAMPLE_CONFIG
-
-        print(EXAMPLE_CONFIG, end="")
+        print(example_data_config(args.example_data_config), end="")
         return 0
     if args.out is None or (args.resume is None and (args.checkpoint is None or args.data is None)):
         print("lightvla train: --out, --checkpoint and --data are required (--resume replaces the last two)", file=sys.stderr)
@@ -54,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="rosbag2 folder (or folder of bags) or LeRobot dataset folder")
     p.add_argument("--out", help="output folder (checkpoints, metrics.csv, final/)")
     p.add_argument("--data-config", help="YAML mapping of topics (rosbag2) or features (LeRobot) to cameras, state and actions")
-    p.add_argument("--example-data-config", action="store_true", help="print an annotated rosbag2 --data-config and exit")
+    p.add_argument("--example-data-config", nargs="?", const="both", choices=["both", "rosbag", "lerobot"],
+                   help="print an annotated --data-config (topic mapping of a rosbag2, feature mapping of a LeRobot dataset, "
+                        "or both) and exit")
     p.add_argument("--dataset-name", help="key in dataset_statistics.json (default: the data folder's name)")
     p.add_argument("--resume", help="continue from a run's output folder or one of its checkpoints/step-N folders")
     g = p.add_argument_group("pruning")
@@ -65,15 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--star-llm-layer", type=int, default=1, help="LightVLA*: prune at the input of this LLM layer (0-3)")
     g.add_argument("--star-vision-block", type=int, default=0, help="LightVLA* in the vision encoder: after this block")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=10_000)
+    g.add_argument("--steps", type=int, default=10_000, help="optimizer steps (the LIBERO recipe: 40000; see README)")
     g.add_argument("--batch-size", type=int, default=8, help="per process")
-    g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches per step; the reference recipe's batch of 64 is --batch-size 8 --grad-accum 8 on one GPU")
     g.add_argument("--lr", type=float, default=5e-4)
     g.add_argument("--lr-milestones", type=_int_list, help="steps where the lr is multiplied by --lr-gamma (default: 75%% of --steps)")
     g.add_argument("--lr-gamma", type=float, default=0.1)
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--lora-rank", type=int, default=32)
-    g.add_argument("--lora-alpha", type=int, default=16)
+    g.add_argument("--lora-alpha", type=int, default=16,
+                   help="LoRA scale numerator, kept at 16 whatever the rank (the reference uses min(rank, 16))")
     g.add_argument("--lora-dropout", type=float, default=0.0)
     g.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (small models)")
     g.add_argument("--keep-heads", action="store_true", help="resume the checkpoint's L1 head and proprio projector (default: fresh)")

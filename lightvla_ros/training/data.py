@@ -78,6 +78,11 @@ class DataReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     bad_episodes: set[str] = field(default_factory=set)
+    mapping: list[str] = field(default_factory=list)  # which feature or topic became what, and why
+
+    def chose(self, line: str) -> None:
+        """Record one choice of the feature/topic mapping (always shown, so a wrong guess is seen at once)."""
+        self.mapping.append(line)
 
     def error(self, episode: str, message: str) -> None:
         self.errors.append(f"{episode}: {message}")
@@ -89,6 +94,9 @@ class DataReport:
     def text(self, episodes: int, frames: int) -> str:
         lines = [f"data report for {self.source}: {episodes} usable episode(s), {frames} frame(s); "
                  f"{len(self.bad_episodes)} bad episode(s), {len(self.errors)} error(s), {len(self.warnings)} warning(s)"]
+        if self.mapping:
+            lines.append("  mapping (change it with --data-config; `lightvla train --example-data-config` shows how):")
+            lines += [f"    {line}" for line in self.mapping]
         for title, items in (("errors", self.errors), ("warnings", self.warnings)):
             if items:
                 lines.append(f"  {title}:")
@@ -96,6 +104,15 @@ class DataReport:
                 if len(items) > MAX_LISTED_PROBLEMS:
                     lines.append(f"    ... and {len(items) - MAX_LISTED_PROBLEMS} more")
         return "\n".join(lines)
+
+
+def camera_roles(count: int) -> list[str]:
+    """What each model image is: one camera, third-person + wrist (the LIBERO layout), or numbered."""
+    if count == 1:
+        return ["camera"]
+    if count == 2:
+        return ["third-person camera", "wrist camera"]
+    return [f"camera {i}" for i in range(count)]
 
 
 def check_episodes(
@@ -139,10 +156,11 @@ def check_episodes(
                 _check_array(report, name, "state", episode.states, state_dim, len(episode))
     good = [e for e in episodes if e.name not in report.bad_episodes]
     frames = sum(len(e) for e in good)
+    if not good:
+        raise DataError(report.text(0, 0) + "\nno usable episodes: fix the data, or the mapping of topics/features to the "
+                                            "model's inputs (--data-config)")
     if report.errors and not skip_bad:
         raise DataError(report.text(len(good), frames) + "\n(fix the data, or pass --skip-bad-episodes to train on the rest)")
-    if not good:
-        raise DataError(report.text(0, 0) + "\nno usable episodes")
     return good
 
 
@@ -163,11 +181,13 @@ def action_chunk(actions: np.ndarray, t: int, chunk_len: int) -> np.ndarray:
     return actions[index]
 
 
-def read_dataset(path: str | Path, *, data_config: str | Path | None, image_size: int | None, report: DataReport) -> list[Episode]:
+def read_dataset(path: str | Path, *, data_config: str | Path | None, image_size: int | None, report: DataReport,
+                 num_images: int | None = None) -> list[Episode]:
     """Episodes from a rosbag2 recording (a bag folder, or a folder of bags) or a LeRobot dataset folder.
 
-    ``data_config`` is a YAML file: for bags the topic mapping (``lightvla train --example-data-config``), for
-    LeRobot optional ``cameras`` (feature names, third-person first), ``state`` and ``action`` features.
+    ``data_config`` is a YAML file (``lightvla train --example-data-config`` prints both forms): for bags the topic
+    mapping, for LeRobot optional ``cameras`` (feature names, third-person first), ``state`` and ``action``
+    features. ``num_images`` is how many cameras the model takes (None: every camera of the data).
     """
     root = Path(path).expanduser()
     if not root.exists():
@@ -178,7 +198,8 @@ def read_dataset(path: str | Path, *, data_config: str | Path | None, image_size
         from lightvla_ros.training.lerobot import LeRobotConfig, read_lerobot
 
         mapping = yaml.safe_load(Path(data_config).read_text()) if data_config else None
-        return read_lerobot(root, image_size=image_size, report=report, config=LeRobotConfig.from_mapping(mapping))
+        return read_lerobot(root, image_size=image_size, report=report, config=LeRobotConfig.from_mapping(mapping, data_config),
+                            num_images=num_images)
     from lightvla_ros.training.rosbag import find_bags, read_rosbags
 
     bags = find_bags(root)

@@ -4,7 +4,10 @@ The recording holds the node's own input topics (camera images, the instruction,
 commanded actions. A small YAML file (:data:`EXAMPLE_CONFIG`) names the topics and maps messages to vectors.
 Time steps are the messages of the first action topic; each takes the latest camera frames, state and other
 action topics at or before it, exactly as the node pairs the latest observations at inference. A non-empty
-instruction message starts an episode, an empty one ends it, and so does a pause in the actions.
+instruction starts an episode; the empty string and the stop words end it, as they make the node go idle
+(:class:`~lightvla_ros.ros.core.instructions.InstructionTracker`, the node's own rules: a repeat of the current
+text continues the episode, and no stop word is ever trained as an instruction); a pause in the actions also
+ends one.
 """
 
 from __future__ import annotations
@@ -17,12 +20,19 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from lightvla_ros.training.data import DataError, DataReport, EncodedFrames, Episode
+from lightvla_ros.ros.core.instructions import InstructionEventKind, InstructionTracker
+from lightvla_ros.ros.core.params import SPECS
+from lightvla_ros.training.data import DataError, DataReport, EncodedFrames, Episode, camera_roles
+
+NODE_STOP_WORDS: list[str] = list(SPECS["stop_words"].default)  # type: ignore[arg-type]
+MAX_INSTRUCTION_CHARS = int(SPECS["max_instruction_chars"].default)  # type: ignore[arg-type]
 
 EXAMPLE_CONFIG = """\
-# Topics and message mapping for `lightvla train --data BAG_OR_FOLDER_OF_BAGS --data-config this.yaml`.
+# Topics and message mapping for `lightvla train --data BAG_OR_FOLDER_OF_BAGS --data-config this.yaml`
+# (`lightvla record BAG --data-config this.yaml` records these topics).
 cameras: [camera/image_raw, wrist_camera/image_raw]  # sensor_msgs/Image or CompressedImage; third-person first
-instruction: instruction      # std_msgs/String: a non-empty message starts an episode, an empty one ends it
+instruction: instruction      # std_msgs/String: new text starts an episode; "" or a stop word ends it (as in the node)
+stop_words: [stop]            # instructions meaning "stop" (the node's stop_words parameter); never trained on
 state:                        # sensor_msgs/JointState, std_msgs/Float32MultiArray or Float64MultiArray
   topic: state
   joint_names: []             # JointState: positions in this order (empty: message order)
@@ -87,6 +97,7 @@ class BagConfig:
     state: VectorSource | None
     actions: list[VectorSource]
     gripper_dims: list[int]
+    stop_words: list[str] = field(default_factory=lambda: list(NODE_STOP_WORDS))
     max_stamp_gap: float = 0.1
     episode_gap: float = 2.0
     stamps: str = "receive"
@@ -107,6 +118,7 @@ class BagConfig:
                 state=None if not state else VectorSource(**state),
                 actions=[VectorSource(**a) for a in raw["actions"]],
                 gripper_dims=[int(d) for d in raw.get("gripper_dims", [-1])],
+                stop_words=[str(w) for w in raw.get("stop_words", NODE_STOP_WORDS)],
                 max_stamp_gap=float(raw.get("max_stamp_gap", 0.1)),
                 episode_gap=float(raw.get("episode_gap", 2.0)),
                 stamps=str(raw.get("stamps", "receive")),
@@ -118,6 +130,16 @@ class BagConfig:
         if config.stamps not in ("receive", "header"):
             raise DataError(f"{path}: stamps must be 'receive' or 'header', got {config.stamps!r}")
         return config
+
+    def topic_types(self) -> dict[str, tuple[str, ...]]:
+        """Every topic to record (absolute names), with the message types the reader takes on it."""
+        vectors = (*ARRAY_TYPES, *SCALAR_TYPES, *TWIST_TYPES, JOINT_STATE)
+        topics = {_norm(t): IMAGE_TYPES for t in self.cameras}
+        topics[_norm(self.instruction)] = ("std_msgs/msg/String",)
+        if self.state is not None:
+            topics[_norm(self.state.topic)] = vectors
+        topics.update({_norm(a.topic): vectors for a in self.actions})
+        return topics
 
 
 def find_bags(root: Path) -> list[Path]:
@@ -143,6 +165,11 @@ class _Open:
 
 def read_rosbags(bags: list[Path], config_path: str | Path | None, *, image_size: int | None, report: DataReport) -> list[Episode]:
     config = BagConfig.load(config_path)
+    for role, topic in zip(camera_roles(len(config.cameras)), config.cameras):
+        report.chose(f"{role}: {_norm(topic)}")
+    report.chose(f"instruction: {_norm(config.instruction)} (episodes end at \"\" and stop words {config.stop_words})")
+    report.chose(f"state: {_describe(config.state) if config.state else 'none'}")
+    report.chose(f"action: {' + '.join(_describe(a) for a in config.actions)} (time steps: the first topic's messages)")
     episodes: list[Episode] = []
     for bag in bags:
         episodes += _read_bag(bag, config, image_size, report)
@@ -182,6 +209,11 @@ def _read_bag(bag: Path, config: BagConfig, image_size: int | None, report: Data
         reader.close()
 
 
+def _describe(source: VectorSource) -> str:
+    selected = f" joints {source.joint_names}" if source.joint_names else ""
+    return _norm(source.topic) + selected + (f" elements {source.indices}" if source.indices else "")
+
+
 def _norm(topic: str) -> str:
     return "/" + topic.strip("/")
 
@@ -196,6 +228,7 @@ def _assemble(bag, messages, config: BagConfig, types, typestore, image_size, re
     gap = config.max_stamp_gap
     episodes: list[Episode] = []
     current: _Open | None = None
+    tracker = InstructionTracker(MAX_INSTRUCTION_CHARS, tuple(config.stop_words))
     ignored = 0
     count = 0
 
@@ -212,10 +245,14 @@ def _assemble(bag, messages, config: BagConfig, types, typestore, image_size, re
         msg = typestore.deserialize_cdr(raw, msgtype)
         stamp = _stamp(msg, log_time, config.stamps)
         if topic == _norm(config.instruction):
-            text = " ".join(str(msg.data).split())
+            event = tracker.update(str(msg.data), stamp)
+            if event.kind == InstructionEventKind.REPEAT:
+                continue
             close()
-            if text:
-                current = _Open(text, f"{bag.name}#{count}", [[] for _ in cameras])
+            if event.kind == InstructionEventKind.REJECTED:
+                report.warn(str(bag), f"instruction at {stamp:.3f} s rejected as the node would ({event.reason}); episode ended")
+            elif event.kind == InstructionEventKind.NEW:
+                current = _Open(str(event.text), f"{bag.name}#{count}", [[] for _ in cameras])
                 count += 1
             continue
         if topic != primary:
@@ -255,7 +292,8 @@ def _assemble(bag, messages, config: BagConfig, types, typestore, image_size, re
             current.states.append(state)
     close()
     if ignored:
-        report.warn(str(bag), f"{ignored} action message(s) before the first instruction were ignored")
+        report.warn(str(bag), f"{ignored} action message(s) outside an episode (before the first instruction or after a stop) "
+                              "were ignored")
     return episodes
 
 

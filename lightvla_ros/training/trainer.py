@@ -53,6 +53,7 @@ from lightvla_ros.training.dataset import Batch, ChunkDataset, EpochSampler, col
 from lightvla_ros.training.statistics import compute_statistics, default_action_mask
 
 STATE_FILE = "training_state.pt"
+REFERENCE_BATCH = 64  # the LightVLA / OpenVLA-OFT LIBERO recipe: 8 per GPU x 8 GPUs
 METRIC_FIELDS = ("step", "loss", "lr", "noise_scale", "kept_tokens", "samples_per_s", "elapsed_s", "val_l1", "val_kept")
 CORE_MODULES = ("vision_backbone", "projector", "llm")
 
@@ -214,7 +215,8 @@ class Trainer:
         if episodes is None:
             if config.data is None:
                 raise InputError("no training data: pass --data (a rosbag2 recording or a LeRobot dataset folder)")
-            episodes = read_dataset(config.data, data_config=config.data_config, image_size=self.processor.size, report=report)
+            episodes = read_dataset(config.data, data_config=config.data_config, image_size=self.processor.size, report=report,
+                                    num_images=base_config.num_images)
         action_dim, state_dim = self._data_dims(episodes, base_config)
         episodes = check_episodes(episodes, report, num_images=base_config.num_images, state_dim=state_dim, action_dim=action_dim,
                                   skip_bad=config.skip_bad_episodes)
@@ -224,6 +226,8 @@ class Trainer:
             raise InputError(f"--val-episodes {config.val_episodes} leaves no training episodes (have {len(episodes)})")
         split = len(episodes) - config.val_episodes
         self.train_episodes, self.val_episodes = episodes[:split], episodes[split:]
+        if self.dist.main:
+            self.log(run_header(config, self.dist.world, self.train_episodes, self.val_episodes))
 
         key = config.dataset_name or (Path(config.data).name if config.data else "dataset")
         if resume_state is not None:
@@ -486,6 +490,21 @@ class Trainer:
         scheduler["milestones"] = collections.Counter({int(k): int(v) for k, v in scheduler["milestones"].items()})
         self.scheduler.load_state_dict(scheduler)
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+
+
+def run_header(config: TrainConfig, world: int, train: list[Episode], val: list[Episode]) -> str:
+    """What the run will do, with the effective batch against the reference's (a one-GPU run has an eighth of it)."""
+    per_step = config.batch_size * world * config.grad_accum
+    tuning = f"LoRA rank {config.lora_rank} alpha {config.lora_alpha}" if config.lora_rank else "full fine-tuning"
+    lines = [f"run: {len(train)} training episode(s), {sum(len(e) for e in train)} frames; {len(val)} held out",
+             f"  {config.steps} steps, lr {config.lr:g} x {config.lr_gamma:g} at step(s) {config.milestones()}, {tuning}",
+             f"  effective batch {per_step} samples per step = {config.batch_size} per process x {world} process(es) x "
+             f"{config.grad_accum} accumulation (reference recipe: {REFERENCE_BATCH} = 8 GPUs x 8)"]
+    if per_step < REFERENCE_BATCH:
+        accum = math.ceil(REFERENCE_BATCH / (config.batch_size * world))
+        lines.append(f"  for the reference's batch use --grad-accum {accum} ({config.batch_size * world * accum} per step; "
+                     f"each step then takes {accum / config.grad_accum:g}x as long)")
+    return "\n".join(lines)
 
 
 def find_resume_dir(path: Path) -> Path:
