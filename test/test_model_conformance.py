@@ -18,7 +18,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def policy(oft_tiny):
-    return LightVLAPolicy.from_checkpoint(oft_tiny, device="cpu", dtype="float32")
+    return LightVLAPolicy.from_checkpoint(oft_tiny, device="cpu", dtype="float32", preprocessing="plain")  # the goldens skip the eval chain
 
 
 def case_inputs(oft_tiny, case):
@@ -127,7 +127,7 @@ def test_half_precision_paths_run_on_cpu_and_stay_close(oft_tiny, golden, dtype)
     """The GPU/Jetson dtypes run on the CPU too: nearly the same kept set, actions within half-precision noise
     (random tiny weights amplify rounding, hence the loose bound)."""
     case = golden["cases"][0]
-    half = LightVLAPolicy.from_checkpoint(oft_tiny, device="cpu", dtype=dtype)
+    half = LightVLAPolicy.from_checkpoint(oft_tiny, device="cpu", dtype=dtype, preprocessing="plain")
     out = half.predict(*case_inputs(oft_tiny, case))
     assert half.dtype == dtype and np.all(np.isfinite(out.actions))
     assert len(set(out.kept_patch_indices) ^ set(case["kept_patch_indices"])) <= 4
