@@ -7,8 +7,8 @@ dataset builder did to every training image, and then through the 90%-area centr
 pixels, and plain Pillow stand-ins land up to 42 grey levels away (the resize) and up to 179 (an integer crop), so
 every step here repeats TensorFlow's float32 arithmetic operation by operation, in TensorFlow's order.
 ``../shared/fixtures/oft-eval-preprocessing`` holds the golden arrays this is tested against; every stage matches
-them bit for bit, as it did TensorFlow 2.21 itself on 60 more images (random, sharp-edged and smooth, 100x700 to
-720x1280, up- and downsampling), including the float32 values before the rounding.
+them bit for bit, as it did TensorFlow 2.21 itself on about 100 more images (noise, sharp-edged and smooth scenes
+from 100x700 to 720x1280, up- and downsampling, and LIBERO-like frames), the resize's float32 values included.
 """
 
 from __future__ import annotations
