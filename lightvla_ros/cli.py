@@ -1,7 +1,7 @@
 """``lightvla``: the command line.
 
-``predict``, ``make-tiny`` and ``flops`` need no ROS. ``demo``, ``instruct`` and ``monitor`` (from
-:mod:`lightvla_ros.ros.commands`) stand in for the ROS 2 CLI where it is missing; ``train`` comes from
+``predict``, ``preprocess``, ``make-tiny`` and ``flops`` need no ROS. ``demo``, ``instruct``, ``monitor`` and
+``record`` (from :mod:`lightvla_ros.ros`) stand in for the ROS 2 CLI where it is missing; ``train`` comes from
 :mod:`lightvla_ros.training.commands`. Each such module exposes ``register(subparsers)``. The benchmark and the
 pruning study are not part of the package: ``python -m benchmarks`` and ``python -m experiments.pruning_study`` in a
 checkout.
@@ -55,6 +55,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     policy = LightVLAPolicy.from_checkpoint(
         args.checkpoint, device=args.device, dtype=args.dtype, pruning=args.pruning, max_kept_tokens=args.max_kept_tokens,
         unnorm_key=args.unnorm_key, center_crop=args.center_crop, readout=args.readout, num_images=len(images),
+        preprocessing=args.preprocessing,
     )
     accelerate(policy.model, Acceleration.for_mode(args.compile))
     out = policy.predict(images, args.instruction, _parse_proprio(args.proprio))
@@ -70,6 +71,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print("action chunk (un-normalised, one row per step):")
     print(out.actions)
     print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out.timings_ms.items()))
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from lightvla_ros.model.processing import ImageProcessor
+
+    if not args.out.lower().endswith(".png"):
+        raise LightVLAError(f"--out {args.out} must be a .png file: the image is written losslessly")
+    frame = ImageProcessor().frame(_load_image(args.image), 0, crop=args.center_crop, preprocessing="oft")
+    try:
+        frame.save(args.out)
+    except OSError as exc:
+        raise LightVLAError(f"cannot write {args.out}: {exc}") from exc
+    print(f"wrote {args.out} ({frame.width}x{frame.height}): JPEG round trip, Lanczos-3 resize"
+          + (", centre crop" if args.center_crop else ""))
     return 0
 
 
@@ -124,8 +140,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    "calls, as in the node, not for one prediction)")
     p.add_argument("--allocator", default="default", choices=ALLOCATORS,
                    help="heap: keep freed activations in glibc's heap (faster unpruned CPU inference; docs/performance.md)")
+    p.add_argument("--preprocessing", default="oft", choices=["oft", "plain"],
+                   help="oft: the authors' evaluation chain (JPEG round trip, TF Lanczos resize, TF crop); "
+                        "plain: frames go to the processor as they are (checkpoints trained on such frames)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("preprocess", help="write the image an OFT/LightVLA checkpoint sees (the authors' evaluation chain)")
+    p.add_argument("--image", required=True, help="camera image, already in the training orientation")
+    p.add_argument("--center-crop", action="store_true", help="also the 90%%-area centre crop (LIBERO-trained checkpoints)")
+    p.add_argument("--out", required=True, help="output .png (lossless)")
+    p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the release layout")
     p.add_argument("out")

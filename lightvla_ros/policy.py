@@ -25,7 +25,7 @@ from lightvla_ros.model.configuration import DTYPE_CHOICES, READOUT_MODES, Pruni
 from lightvla_ros.model.errors import CheckpointError, InputError
 from lightvla_ros.model.flops import ModelShape, count_flops
 from lightvla_ros.model.modeling import LightVLAForActionPrediction, StageTimer
-from lightvla_ros.model.processing import ImageProcessor, Normalizer, PromptBuilder, pad_prompts
+from lightvla_ros.model.processing import PREPROCESSING_MODES, ImageProcessor, Normalizer, PromptBuilder, pad_prompts
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_CHOICES if name != "auto"}
 
@@ -77,11 +77,12 @@ class LightVLAPolicy:
     """A loaded checkpoint ready to act. Build it with :meth:`from_checkpoint`."""
 
     def __init__(self, model: LightVLAForActionPrediction, files: CheckpointFiles, normalizer: Normalizer,
-                 center_crop: bool, device: torch.device) -> None:
+                 center_crop: bool, device: torch.device, preprocessing: str = "oft") -> None:
         self.model = model
         self.files = files
         self.normalizer = normalizer
         self.center_crop = center_crop
+        self.preprocessing = preprocessing
         self._device = device
         config = model.config
         self.processor = ImageProcessor.from_file(files.preprocessor, config.vision.num_featurizers)
@@ -117,7 +118,13 @@ class LightVLAPolicy:
         center_crop: bool = False,
         readout: str = "last",
         num_images: int | None = None,
+        preprocessing: str = "oft",
     ) -> "LightVLAPolicy":
+        """``preprocessing``: ``oft`` runs each frame through the authors' evaluation chain (JPEG round trip, TF
+        Lanczos resize, and their TF centre crop when ``center_crop``), what the released checkpoints expect;
+        ``plain`` hands frames to the processor as they are (Pillow crop), for checkpoints trained that way."""
+        if preprocessing not in PREPROCESSING_MODES:
+            raise InputError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {preprocessing!r}")
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         if readout not in READOUT_MODES:
@@ -136,7 +143,7 @@ class LightVLAPolicy:
         if model.config.proprio_dim is not None and normalizer.proprio_dim != model.config.proprio_dim:
             raise CheckpointError(f"statistics {normalizer.key!r} describe a {normalizer.proprio_dim}-d state, "
                                   f"the proprio projector takes {model.config.proprio_dim}")
-        return cls(model, files, normalizer, center_crop, torch_device)
+        return cls(model, files, normalizer, center_crop, torch_device, preprocessing)
 
     # ------------------------------------------------------------------------------------------ properties
     @property
@@ -268,7 +275,7 @@ class LightVLAPolicy:
         for obs in observations:
             if len(obs.images) != self.num_images:
                 raise InputError(f"got {len(obs.images)} image(s); this policy expects {self.num_images} (third-person first, then wrist)")
-            pixels.append(self.processor(obs.images, crop=self.center_crop))
+            pixels.append(self.processor(obs.images, crop=self.center_crop, preprocessing=self.preprocessing))
             rows.append(self.prompts(obs.instruction))
             if self.use_proprio:
                 if obs.proprio is None:

@@ -170,7 +170,8 @@ class ToyRunner:
         from lightvla_ros.policy import LightVLAPolicy
 
         self.policy = LightVLAPolicy.from_checkpoint(checkpoint, device="cpu", dtype="float32",
-                                                     pruning=mode if mode in METHODS else "none", center_crop=AUGMENT)
+                                                     pruning=mode if mode in METHODS else "none", center_crop=AUGMENT,
+                                                     preprocessing="plain")  # as the toy training saw its frames
         self.model, self.normalizer = self.policy.model, self.policy.normalizer
         self.mode, self.k = mode, k
         self.token_filter = None

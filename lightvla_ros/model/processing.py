@@ -1,7 +1,11 @@
 """Turning observations into model inputs and model outputs into robot actions.
 
-- Images: the reference processor's ``resize-naive`` path (PIL bicubic, antialiased, to 224x224), then the
-  DINOv2 and SigLIP normalisations stacked on the channel axis; optionally the 90%-area centre crop first.
+- Images: first what reaches the processor, by ``preprocessing``: ``oft`` is the authors' evaluation chain (JPEG
+  round trip, TF Lanczos-3 resize to 224x224, TF centre crop when asked; :mod:`eval_preprocessing`), what the
+  OFT/LightVLA checkpoints were trained and scored on; ``plain`` hands the frame over as it is (Pillow centre crop
+  when asked), for checkpoints trained on frames that skipped that chain, like those of ``lightvla train``. Then the
+  reference processor's ``resize-naive`` path (PIL bicubic, antialiased, to 224x224; nothing to do after ``oft``)
+  and the DINOv2 and SigLIP normalisations stacked on the channel axis.
 - Prompt: ``In: What action should the robot take to {instruction.lower()}?\\nOut:`` tokenised with BOS, then
   token 29871, the action slots and the stop token; built once per distinct instruction.
 - Normalisation: q01/q99 bounds (``BOUNDS_Q99``) with clipping for the state; un-normalisation of the actions
@@ -22,10 +26,12 @@ import torch
 from PIL import Image
 
 from lightvla_ros.model.errors import CheckpointError, InputError
+from lightvla_ros.model.eval_preprocessing import oft_eval_frame
 
 DEFAULT_MEANS = ((0.485, 0.456, 0.406), (0.5, 0.5, 0.5))
 DEFAULT_STDS = ((0.229, 0.224, 0.225), (0.5, 0.5, 0.5))
 CENTER_CROP_AREA = 0.9
+PREPROCESSING_MODES = ("oft", "plain")
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 MAX_INSTRUCTION_CHARS = 1000
 
@@ -73,13 +79,20 @@ class ImageProcessor:
             raise InputError(f"image {camera} has dtype {array.dtype}; expected uint8 RGB values 0..255")
         return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
-    def __call__(self, images: Sequence[Any], crop: bool = False) -> torch.Tensor:
+    def frame(self, image: Any, camera: int, crop: bool = False, preprocessing: str = "plain") -> Image.Image:
+        """The RGB image that reaches the resize and normalisation (see the module docstring for the modes)."""
+        pil = self.to_pil(image, camera)
+        if preprocessing == "oft":
+            return Image.fromarray(oft_eval_frame(np.asarray(pil), self.size, CENTER_CROP_AREA if crop else None), "RGB")
+        if preprocessing != "plain":
+            raise InputError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {preprocessing!r}")
+        return center_crop(pil) if crop else pil
+
+    def __call__(self, images: Sequence[Any], crop: bool = False, preprocessing: str = "plain") -> torch.Tensor:
         """Images (RGB uint8 HxWx3 arrays or PIL images) -> pixel values (num_images * 3 * featurizers, S, S)."""
         planes = []
         for camera, image in enumerate(images):
-            pil = self.to_pil(image, camera)
-            if crop:
-                pil = center_crop(pil)
+            pil = self.frame(image, camera, crop, preprocessing)
             pixels = np.asarray(pil.resize((self.size, self.size), Image.BICUBIC), dtype=np.float32) / 255.0
             for mean, std in zip(self.means, self.stds):
                 planes.append(((pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(2, 0, 1))

@@ -19,7 +19,8 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def policy(reference_fixture):
-    return LightVLAPolicy.from_checkpoint(reference_fixture, device="cpu", dtype="float32")
+    # the goldens were computed on the images as they are, without the evaluation image chain
+    return LightVLAPolicy.from_checkpoint(reference_fixture, device="cpu", dtype="float32", preprocessing="plain")
 
 
 def case_inputs(reference_fixture, case):
@@ -128,7 +129,7 @@ def test_half_precision_paths_run_on_cpu_and_stay_close(reference_fixture, refer
     """The GPU/Jetson dtypes run on the CPU too: nearly the same kept set, actions within half-precision noise
     (random tiny weights amplify rounding, hence the loose bound)."""
     case = reference_golden["cases"][0]
-    half = LightVLAPolicy.from_checkpoint(reference_fixture, device="cpu", dtype=dtype)
+    half = LightVLAPolicy.from_checkpoint(reference_fixture, device="cpu", dtype=dtype, preprocessing="plain")
     out = half.predict(*case_inputs(reference_fixture, case))
     assert half.dtype == dtype and np.all(np.isfinite(out.actions))
     assert len(set(out.kept_patch_indices) ^ set(case["kept_patch_indices"])) <= 4

@@ -1,0 +1,2 @@
+"""Simulated robots for closing the loop. ``libero_protocol`` is the authors' LIBERO evaluation protocol without
+LIBERO or ROS: importable and tested anywhere."""
