@@ -22,7 +22,8 @@ def decode_at(path: Path, times: Sequence[float], fps: float,
               convert: Callable[[np.ndarray], Converted] = lambda rgb: rgb) -> list[Converted]:
     """``convert`` of each RGB uint8 frame of ``path`` presented at ``times`` (seconds, any order, repeats allowed).
 
-    ``convert`` (e.g. resize and compress) runs as each frame is decoded, so an episode is never held decoded. Seeks to the key frame at or before the earliest time and decodes forward to the latest, so reading one
+    ``convert`` (e.g. resize and compress) runs as each frame is decoded, so an episode is never held decoded.
+    Seeks to the key frame at or before the earliest time and decodes forward to the latest, so reading one
     episode of a file that holds many costs about one episode plus a group of pictures. Raises
     :class:`DataError` when the file cannot be decoded or a requested frame is absent.
     """
