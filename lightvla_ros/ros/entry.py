@@ -17,8 +17,17 @@ from rclpy.signals import SignalHandlerOptions
 SIGNAL_CHECK_S = 0.1
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class _StopRequest:
+    """The first SIGINT/SIGTERM asks for a clean stop (seen by the spin loop within ``SIGNAL_CHECK_S``); a second
+    one, while that stop is still under way or a long callback (loading a model) is running, abandons it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
 
 
 def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
@@ -27,23 +36,32 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> N
     SIGINT and SIGTERM are handled here rather than by rclpy: rclpy's handler shuts the context down at once, so a
     worker thread still publishing would log errors, and a lifecycle node could no longer stop the robot. Instead
     the node is first taken through its shutdown transition (stop motion, release the model) with the context
-    still valid, then destroyed, then the context is shut down.
+    still valid, then destroyed, then the context is shut down. A signal that arrives during a transition (say,
+    while the model loads) takes effect when the transition ends; a second signal stops at once.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = _StopRequest()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = make_node()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+    graceful = True
     try:
-        while rclpy.ok():
+        while rclpy.ok() and not stop.requested:
             executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:
+        graceful = False
+    except ExternalShutdownException:
+        pass
+    try:
+        if graceful and isinstance(node, LifecycleNode) and rclpy.ok() and \
+                lifecycle_state(node) in ('unconfigured', 'inactive', 'active'):
+            node.trigger_shutdown()
+    except KeyboardInterrupt:
         pass
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt the clean-up
+        for sig in (signal.SIGINT, signal.SIGTERM):  # nothing may interrupt the last steps
             signal.signal(sig, signal.SIG_IGN)
-        if isinstance(node, LifecycleNode) and rclpy.ok() and lifecycle_state(node) != 'finalized':
-            node.trigger_shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
         for sig, handler in previous.items():

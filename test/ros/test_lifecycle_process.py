@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,16 @@ def test_a_signal_while_inferring_stops_the_robot_quietly(tmp_path, sig):
     assert proc.returncode == 0, output[-3000:]
     assert not SHUTDOWN_NOISE.search(output), output[-3000:]
     assert twists[-1].twist.linear.x == 0.0 and twists[-1].twist.angular.x == 0.0  # the last command is a stop
+
+
+def test_a_signal_while_the_model_loads_stops_cleanly_once_it_has_loaded(tmp_path):
+    log = tmp_path / 'node.log'
+    proc = start_node(log, *NODE_ARGS)
+    deadline = time.monotonic() + LOAD_TIMEOUT
+    while 'loading model' not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # configure is running in the executor: the stop waits for it
+    proc.wait(timeout=LOAD_TIMEOUT)
+    output = log.read_text()
+    assert proc.returncode == 0, output[-3000:]
+    assert not SHUTDOWN_NOISE.search(output) and 'terminate called' not in output, output[-3000:]
