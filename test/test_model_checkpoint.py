@@ -26,7 +26,7 @@ def copy_checkpoint(src: Path, dst: Path) -> Path:
 
 
 def predict_case(checkpoint: Path, oft_tiny: Path, case: dict, **kwargs):
-    policy = LightVLAPolicy.from_checkpoint(checkpoint, device="cpu", dtype="float32", **kwargs)
+    policy = LightVLAPolicy.from_checkpoint(checkpoint, device="cpu", dtype="float32", preprocessing="plain", **kwargs)  # as the goldens
     images = [load_rgb(oft_tiny / name) for name in case["images"]]
     return policy.predict(images, case["instruction"], case["proprio_raw"])
 
