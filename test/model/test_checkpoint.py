@@ -26,7 +26,8 @@ def copy_checkpoint(src: Path, dst: Path) -> Path:
 
 
 def predict_case(checkpoint: Path, reference_fixture: Path, case: dict, **kwargs):
-    policy = LightVLAPolicy.from_checkpoint(checkpoint, device="cpu", dtype="float32", **kwargs)
+    policy = LightVLAPolicy.from_checkpoint(checkpoint, device="cpu", dtype="float32", preprocessing="plain",
+                                            **kwargs)  # as the goldens
     images = [load_rgb(reference_fixture / name) for name in case["images"]]
     return policy.predict(images, case["instruction"], case["proprio_raw"])
 
