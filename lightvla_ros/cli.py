@@ -16,7 +16,14 @@ from typing import Sequence
 
 import numpy as np
 
-from lightvla_ros.model.configuration import ALLOCATORS, COMPILE_MODES, DTYPE_CHOICES, PRUNING_METHODS, READOUT_MODES
+from lightvla_ros.model.configuration import (
+    ALLOCATORS,
+    COMPILE_MODES,
+    DTYPE_CHOICES,
+    PREPROCESSING_CHOICES,
+    PRUNING_METHODS,
+    READOUT_MODES,
+)
 from lightvla_ros.model.errors import LightVLAError
 
 
@@ -140,9 +147,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    "calls, as in the node, not for one prediction)")
     p.add_argument("--allocator", default="default", choices=ALLOCATORS,
                    help="heap: keep freed activations in glibc's heap (faster unpruned CPU inference; docs/performance.md)")
-    p.add_argument("--preprocessing", default="oft", choices=["oft", "plain"],
+    p.add_argument("--preprocessing", default="auto", choices=PREPROCESSING_CHOICES,
                    help="oft: the authors' evaluation chain (JPEG round trip, TF Lanczos resize, TF crop); "
-                        "plain: frames go to the processor as they are (checkpoints trained on such frames)")
+                        "plain: frames go to the processor as they are (checkpoints trained on such frames); "
+                        "auto: oft with --center-crop, plain without")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
 

@@ -28,6 +28,7 @@ class PolicySettings:
     max_kept_tokens: int | None = None
     unnorm_key: str | None = None
     center_crop: bool = False
+    preprocessing: str = "auto"
     readout: str = "last"
     num_images: int | None = None
     cpu_threads: int = 0

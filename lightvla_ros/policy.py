@@ -21,11 +21,11 @@ import torch
 
 from lightvla_ros.contract import Observation, PolicyOutput, PolicySettings
 from lightvla_ros.model.checkpoint import CheckpointFiles, load_model
-from lightvla_ros.model.configuration import DTYPE_CHOICES, READOUT_MODES, PruningConfig
+from lightvla_ros.model.configuration import DTYPE_CHOICES, PREPROCESSING_CHOICES, READOUT_MODES, PruningConfig
 from lightvla_ros.model.errors import CheckpointError, InputError
 from lightvla_ros.model.flops import ModelShape, count_flops
 from lightvla_ros.model.modeling import LightVLAForActionPrediction, StageTimer
-from lightvla_ros.model.processing import PREPROCESSING_MODES, ImageProcessor, Normalizer, PromptBuilder, pad_prompts
+from lightvla_ros.model.processing import ImageProcessor, Normalizer, PromptBuilder, pad_prompts
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_CHOICES if name != "auto"}
 
@@ -104,7 +104,8 @@ class LightVLAPolicy:
         return cls.from_checkpoint(
             settings.checkpoint, device=settings.device, dtype=settings.dtype, pruning=settings.pruning,
             max_kept_tokens=settings.max_kept_tokens, unnorm_key=settings.unnorm_key,
-            center_crop=settings.center_crop, readout=settings.readout, num_images=settings.num_images)
+            center_crop=settings.center_crop, readout=settings.readout, num_images=settings.num_images,
+            preprocessing=settings.preprocessing)
 
     @classmethod
     def from_checkpoint(
@@ -118,13 +119,16 @@ class LightVLAPolicy:
         center_crop: bool = False,
         readout: str = "last",
         num_images: int | None = None,
-        preprocessing: str = "oft",
+        preprocessing: str = "auto",
     ) -> "LightVLAPolicy":
         """``preprocessing``: ``oft`` runs each frame through the authors' evaluation chain (JPEG round trip, TF
         Lanczos resize, and their TF centre crop when ``center_crop``), what the released checkpoints expect;
-        ``plain`` hands frames to the processor as they are (Pillow crop), for checkpoints trained that way."""
-        if preprocessing not in PREPROCESSING_MODES:
-            raise InputError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {preprocessing!r}")
+        ``plain`` hands frames to the processor as they are (Pillow crop), for checkpoints trained that way;
+        ``auto`` is ``oft`` with ``center_crop`` (the LIBERO recipe) and ``plain`` without."""
+        if preprocessing not in PREPROCESSING_CHOICES:
+            raise InputError(f"preprocessing must be one of {', '.join(PREPROCESSING_CHOICES)}, got {preprocessing!r}")
+        if preprocessing == "auto":
+            preprocessing = "oft" if center_crop else "plain"
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         if readout not in READOUT_MODES:

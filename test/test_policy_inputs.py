@@ -77,3 +77,12 @@ def test_center_crop_keeps_ninety_percent_of_the_area():
     assert cropped.shape == (200, 200, 3) and cropped.max() == 0
     processor = ImageProcessor()
     assert processor([np.asarray(image)], crop=True).shape == (6, 224, 224)
+
+
+@pytest.mark.parametrize("center_crop,asked,used", [(True, "auto", "oft"), (False, "auto", "plain"),
+                                                    (False, "oft", "oft"), (True, "plain", "plain")])
+def test_auto_preprocessing_is_the_authors_chain_exactly_when_centre_cropping(random_tiny_checkpoint, center_crop,
+                                                                              asked, used):
+    policy = LightVLAPolicy.from_checkpoint(random_tiny_checkpoint, device="cpu", center_crop=center_crop,
+                                            preprocessing=asked)
+    assert policy.preprocessing == used

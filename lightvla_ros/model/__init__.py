@@ -6,6 +6,7 @@ from lightvla_ros.model.configuration import (
     COMPILE_MODES,
     DTYPE_CHOICES,
     NOISE_KINDS,
+    PREPROCESSING_CHOICES,
     PRUNING_METHODS,
     READOUT_MODES,
     PruningConfig,
@@ -13,5 +14,6 @@ from lightvla_ros.model.configuration import (
 )
 from lightvla_ros.model.errors import CheckpointError, InputError, LightVLAError
 
-__all__ = ["ALLOCATORS", "COMPILE_MODES", "DTYPE_CHOICES", "NOISE_KINDS", "PRUNING_METHODS", "READOUT_MODES",
+__all__ = ["ALLOCATORS", "COMPILE_MODES", "DTYPE_CHOICES", "NOISE_KINDS", "PREPROCESSING_CHOICES",
+           "PRUNING_METHODS", "READOUT_MODES",
            "CheckpointError", "InputError", "LightVLAError", "PruningConfig", "VLAConfig"]

@@ -40,10 +40,12 @@ CHUNK_LEN_BY_ACTION_DIM = {7: 8, 14: 25}
 # The choices of the user-facing options (command line, node parameters, trainer), each defined here only.
 PRUNING_METHODS = ("lightvla", "lightvla_star", "none")
 READOUT_MODES = ("last", "aligned")
-# Weight dtypes a policy can be loaded in; auto: bfloat16 on CUDA (what the checkpoints were trained in), float32 on CPU.
-DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
 NOISE_KINDS = ("uniform", "gumbel")
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")  # auto: bfloat16 on CUDA, float32 on the CPU
+# How camera frames reach the processor. oft: the authors' LIBERO evaluation chain (JPEG round trip, TF Lanczos
+# resize, TF centre crop when cropping), what the released checkpoints expect; plain: frames as they are (Pillow crop),
+# what `lightvla train` trains on; auto: oft when centre-cropping (the LIBERO recipe), plain otherwise.
+PREPROCESSING_CHOICES = ("auto", "oft", "plain")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # torch.compile; see model/acceleration.py
 ALLOCATORS = ("default", "heap")  # heap: keep freed activations in glibc's heap (see model/allocator.py)
 

@@ -109,10 +109,10 @@ def test_plain_mode_is_the_processor_alone_and_unknown_modes_are_refused():
         processor([image], preprocessing="tensorflow")
 
 
-def test_policy_defaults_to_the_oft_chain_and_refuses_unknown_modes(tiny_checkpoint):
+def test_policy_with_the_centre_crop_runs_the_oft_chain_and_refuses_unknown_modes(random_tiny_checkpoint):
     from lightvla_ros.policy import LightVLAPolicy, Observation
 
-    policy = LightVLAPolicy.from_checkpoint(tiny_checkpoint, device="cpu", center_crop=True)
+    policy = LightVLAPolicy.from_checkpoint(random_tiny_checkpoint, device="cpu", center_crop=True)
     assert policy.preprocessing == "oft"
     images = [np.random.default_rng(seed).integers(0, 256, (256, 256, 3), dtype=np.uint8) for seed in range(policy.num_images)]
     proprio = 0.5 * (policy.normalizer.proprio_low + policy.normalizer.proprio_high)
@@ -120,7 +120,7 @@ def test_policy_defaults_to_the_oft_chain_and_refuses_unknown_modes(tiny_checkpo
     expected = policy.processor([oft_eval_frame(image, 224, CENTER_CROP_AREA) for image in images])
     np.testing.assert_array_equal(pixels.numpy(), expected.numpy())
     with pytest.raises(InputError, match="preprocessing must be one of"):
-        LightVLAPolicy.from_checkpoint(tiny_checkpoint, device="cpu", preprocessing="pillow")
+        LightVLAPolicy.from_checkpoint(random_tiny_checkpoint, device="cpu", preprocessing="pillow")
 
 
 @pytest.mark.parametrize("crop", [False, True])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from lightvla_ros.contract import PolicySettings
-from lightvla_ros.model.configuration import DTYPE_CHOICES, PRUNING_METHODS, READOUT_MODES
+from lightvla_ros.model.configuration import DTYPE_CHOICES, PREPROCESSING_CHOICES, PRUNING_METHODS, READOUT_MODES
 
 ParamValue = bool | int | float | str | list
 
@@ -60,6 +60,10 @@ class NodeConfig:
     unnorm_key: str = _param('', 'Key into dataset_statistics.json for un-normalising actions (empty: the only key '
                                  'in the file).')
     center_crop: bool = _param(True, 'Apply the 90%-area centre crop used when training on LIBERO.')
+    preprocessing: str = _param('auto', 'How frames reach the model: oft (the authors\' LIBERO evaluation chain: JPEG '
+                                        'round trip, Lanczos resize, their centre crop), plain (frames as they are, as '
+                                        '`lightvla train` trains) or auto (oft with center_crop, plain without).',
+                                choices=PREPROCESSING_CHOICES)
     readout: str = _param('last', 'Action-head readout positions: last (released checkpoints) or aligned.',
                           choices=READOUT_MODES)
     cpu_threads: int = _param(0, 'Torch intra-op threads for CPU inference (0: torch default). Use 1 or 2 when other '
@@ -155,7 +159,8 @@ class NodeConfig:
         return PolicySettings(
             checkpoint=self.checkpoint, device=self.device, dtype=self.dtype, pruning=self.pruning,
             max_kept_tokens=self.max_kept_tokens or None, unnorm_key=self.unnorm_key or None,
-            center_crop=self.center_crop, readout=self.readout, num_images=self.num_cameras,
+            center_crop=self.center_crop, preprocessing=self.preprocessing, readout=self.readout,
+            num_images=self.num_cameras,
             cpu_threads=self.cpu_threads, warmup=self.warmup)
 
     def problem(self) -> str:
