@@ -96,7 +96,7 @@ class LayerInput:
     num_visual: int  # visual slots at positions 1 .. num_visual
     visual_valid: torch.Tensor  # (B, num_visual) bool; False marks padding
     slot_positions: torch.Tensor  # (B, chunk_len * action_dim): the positions the action head reads
-    previous: "LayerInput | None"  # the input of the layer before (None at layer 0)
+    previous: "LayerInput | None"  # the input of the layer before (None at layer 0); its own previous is None
 
 
 class TokenFilter(Protocol):

@@ -121,6 +121,7 @@ def test_trained_checkpoint_drives_the_node(trained, tmp_path):
                 node.wait()
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_matches_one_process(tmp_path):
     """Two gloo processes under torchrun, 2 samples each, take the same steps as one process with 4 samples."""
     from lightvla_ros.model.checkpoint import read_safetensors

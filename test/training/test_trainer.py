@@ -42,6 +42,7 @@ def _batch(trainer: Trainer, n: int = 6):
     return collate([trainer.dataset[i] for i in range(n)], trainer.model.config.pad_token_id)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_noise_anneals_to_zero(base, tmp_path):
     torch.manual_seed(0)
     trainer = _trainer(_config(base, tmp_path / "run", steps=30, augment=False, lr=2e-3))
