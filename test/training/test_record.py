@@ -16,6 +16,8 @@ import pytest
 from lightvla_ros.cli import main as cli_main
 from lightvla_ros.training.data import DataReport, read_dataset
 
+pytestmark = pytest.mark.ros
+
 TEST_ROOT = Path(__file__).resolve().parents[1]
 REPO_ROOT = TEST_ROOT.parent
 ACTION_PERIOD = 0.1  # s
