@@ -54,3 +54,20 @@ def load_rgb(path: Path) -> np.ndarray:
 
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
+
+
+ROS_TESTS = Path(__file__).parent / "ros"
+# Test files that start node processes (the model loads in each): slow on a 2-core machine.
+NODE_PROCESS_TESTS = {"test_node_process.py", "test_lifecycle_process.py", "test_commands.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under test/ros needs rclpy and the ROS 2 messages: marked ``ros`` (and ``slow`` where nodes run in
+    their own processes), so ``-m "not ros"`` runs the rest without them."""
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.parent == ROS_TESTS:
+            item.add_marker(pytest.mark.ros)
+            if path.name in NODE_PROCESS_TESTS:
+                item.add_marker(pytest.mark.slow)
+
