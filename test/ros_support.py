@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,17 @@ def tiny_checkpoint() -> Path | None:
     root = Path(base) if base else REPO_ROOT.parent / 'shared' / 'fixtures'
     path = root / TINY_NAME
     return path if (path / 'config.json').is_file() else None
+
+
+def stop_process(proc: Any, timeout: float = 15.0) -> None:
+    """SIGINT (a node's normal Ctrl-C shutdown path), then SIGKILL if it has not exited within ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def spin_until(executor: Any, predicate: Callable[[], bool], timeout: float) -> bool:

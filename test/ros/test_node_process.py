@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ros_support import REPO_ROOT, info_values, isolate_ros_environment, spin_until, tiny_checkpoint
+from ros_support import REPO_ROOT, info_values, isolate_ros_environment, spin_until, stop_process, tiny_checkpoint
 
 isolate_ros_environment()
 
@@ -55,16 +55,6 @@ def start_node(log: Path, *ros_args: str) -> subprocess.Popen:
     with open(log, 'wb') as out:
         return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
-
-
-def stop_node(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(2)  # SIGINT: the node's normal shutdown path
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Client:
@@ -180,7 +170,7 @@ def e2e(tmp_path_factory):
         yield client, proc, log
     finally:
         client.close()
-        stop_node(proc)
+        stop_process(proc)
 
 
 def send_instruction(client: Client, text: str) -> None:
@@ -349,5 +339,5 @@ def test_missing_checkpoint_is_reported_and_the_node_stays_up(e2e, tmp_path):
         assert 'does not exist' in status.message and f'{tmp_path}/nope' in status.message
         assert proc.poll() is None
     finally:
-        stop_node(proc)
+        stop_process(proc)
     assert proc.returncode == 0, (tmp_path / 'missing.log').read_text()[-2000:]

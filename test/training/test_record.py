@@ -4,7 +4,6 @@ instructions and a teleoperator's actions -> a rosbag2 that Ctrl-C closes cleanl
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ros_support import stop_process
 
 from lightvla_ros.cli import main as cli_main
 from lightvla_ros.training.data import DataReport, read_dataset
@@ -26,16 +26,6 @@ STEPS_PER_EPISODE = 15
 
 def _python_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]), PYTHONUNBUFFERED="1")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -84,8 +74,8 @@ def test_record_a_teleoperated_session_then_train_on_it(tmp_path, ros_domain, ca
     finally:
         operator.destroy_node()
         context.try_shutdown()
-        _stop(recorder)  # Ctrl-C
-        _stop(camera)
+        stop_process(recorder)  # Ctrl-C
+        stop_process(camera)
     output = recorder.stdout.read()
     assert recorder.returncode == 0, output
     assert "recording /camera/image_raw, /wrist_camera/image_raw, /instruction, /state, /action into" in output
