@@ -46,6 +46,8 @@ DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")  # auto: bfloat16 on 
 # resize, TF centre crop when cropping), what the released checkpoints expect; plain: frames as they are (Pillow crop),
 # what `lightvla train` trains on; auto: oft when centre-cropping (the LIBERO recipe), plain otherwise.
 PREPROCESSING_CHOICES = ("auto", "oft", "plain")
+# The LIBERO recipe's centre crop keeps this fraction of the image area (docs/model-notes.md §1).
+CENTER_CROP_AREA = 0.9
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # torch.compile; see model/acceleration.py
 ALLOCATORS = ("default", "heap")  # heap: keep freed activations in glibc's heap (see model/allocator.py)
 

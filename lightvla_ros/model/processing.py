@@ -25,13 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightvla_ros.model.configuration import PREPROCESSING_CHOICES
+from lightvla_ros.model.configuration import CENTER_CROP_AREA, PREPROCESSING_CHOICES
 from lightvla_ros.model.errors import CheckpointError, InputError
 from lightvla_ros.model.eval_preprocessing import oft_eval_frame
 
 DEFAULT_MEANS = ((0.485, 0.456, 0.406), (0.5, 0.5, 0.5))
 DEFAULT_STDS = ((0.229, 0.224, 0.225), (0.5, 0.5, 0.5))
-CENTER_CROP_AREA = 0.9
 PREPROCESSING_MODES = PREPROCESSING_CHOICES[1:]  # what a frame actually goes through (auto resolves to one)
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 MAX_INSTRUCTION_CHARS = 1000

@@ -9,9 +9,10 @@ import math
 
 import numpy as np
 
+from lightvla_ros.model.configuration import CENTER_CROP_AREA
+
 KEPT_BORDER = np.array([40, 230, 90], dtype=np.uint8)
 PRUNED_FACTOR = 0.3
-CENTER_CROP_AREA = 0.9
 
 
 def _center_crop(image: np.ndarray, area: float) -> np.ndarray:
