@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 
 from lightvla_ros.contract import PolicyOutput
+from lightvla_ros.ros.actuation import Actuator
 from lightvla_ros.ros.core.frames import FrameStore
 from lightvla_ros.ros.core.instructions import InstructionTracker
 from lightvla_ros.ros.core.params import NodeConfig
@@ -33,6 +34,7 @@ from lightvla_ros.ros.core.status import (
     StatusReport,
     SyncReport,
     actions_status,
+    execution_values,
     inference_status,
     inputs_status,
     instruction_status,
@@ -181,11 +183,12 @@ class NodeReports:
     TASKS = ('model', 'inputs', 'instruction', 'inference', 'pruning', 'actions', 'outputs')
 
     def __init__(self, health: Callable[[], NodeHealth], config: Callable[[], NodeConfig],
-                 endpoints: Callable[[], Endpoints | None], now: Callable[[], float],
-                 device_name: Callable[[], str]) -> None:
+                 endpoints: Callable[[], Endpoints | None], actuator: Callable[[], Actuator | None],
+                 now: Callable[[], float], device_name: Callable[[], str]) -> None:
         self._health = health
         self._config = config
         self._endpoints = endpoints
+        self._actuator = actuator
         self._now = now
         self._device_name = device_name
 
@@ -249,8 +252,13 @@ class NodeReports:
         return pruning_status(self._health().pruning)
 
     def actions(self) -> StatusReport:
-        cfg = self._config()
-        return actions_status(self._health().actions, self._now(), cfg.publish_actions, cfg.action_space)
+        cfg, actuator = self._config(), self._actuator()
+        report = actions_status(self._health().actions, self._now(), cfg.publish_actions, cfg.action_space)
+        if actuator is None:
+            return report
+        scheduler = actuator.scheduler
+        return StatusReport(report.level, report.message,
+                            report.values + execution_values(cfg.execution_mode, len(scheduler), scheduler.stats))
 
     def outputs(self) -> StatusReport:
         endpoints = self._endpoints()

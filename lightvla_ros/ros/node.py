@@ -57,6 +57,7 @@ from lightvla_ros.ros.publishing import ChunkPublisher, Inference
 NODE_NAME = 'lightvla_node'
 PolicyFactory = Callable[[PolicySettings], Policy]
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+SCHEDULER_PARAMETERS = {'execution_mode', 'async_threshold', 'async_aggregation', 'ensemble_decay'}
 
 
 def load_policy(settings: PolicySettings) -> Policy:
@@ -90,8 +91,8 @@ class LightVLANode(LifecycleNode):
         self._last_start = 0.0
         self._publisher: ChunkPublisher | None = None
         self._diagnostics = Diagnostics(self, cfg.device)
-        NodeReports(lambda: self._health, lambda: self._params.config, lambda: self._endpoints, self._now,
-                    self._device_name).register(self._diagnostics)
+        NodeReports(lambda: self._health, lambda: self._params.config, lambda: self._endpoints,
+                    lambda: self._actuator, self._now, self._device_name).register(self._diagnostics)
         self._enable_srv = self.create_service(SetBool, '~/enable', self._on_enable)
         self._worker = threading.Thread(target=self._run_worker, name='lightvla-inference', daemon=True)
         self._worker.start()
@@ -137,7 +138,7 @@ class LightVLANode(LifecycleNode):
         self._endpoints = Endpoints(self, cfg, self._on_image, self._on_instruction, self._on_state,
                                     self._on_incompatible)
         self._actuator = make_actuator(lambda: self._params.config, self._endpoints.publisher, self._health.actions,
-                                       self._stamp_now, self._health.state.measured_joints)
+                                       self._now, self._stamp_now, self._health.state.measured_joints)
         self._publisher = ChunkPublisher(self.get_name(), self._endpoints, self._actuator, self._health,
                                          lambda: self._params.config, self._now, self._stamp_now, self.get_logger())
         self._endpoints.active_instruction.publish(String(data=''))
@@ -148,7 +149,7 @@ class LightVLANode(LifecycleNode):
             return FAILURE
         with self._policy_lock:
             self._policy = policy
-        self._control_timer = self.create_timer(cfg.dt, self._actuator.tick)
+        self._control_timer = self.create_timer(cfg.dt, self._on_control_tick)
         self._health.waiting = 'activation'
         return SUCCESS
 
@@ -273,6 +274,9 @@ class LightVLANode(LifecycleNode):
             self.get_logger().info(f'pruning set to {cfg.pruning} (max kept tokens: {cfg.max_kept_tokens or "no cap"})')
         if 'publish_actions' in changed and not cfg.publish_actions:
             self._stop_motion()
+        if self._actuator is not None and changed & SCHEDULER_PARAMETERS:
+            self._actuator.configure(cfg)
+            self.get_logger().info(f'chunk execution: {cfg.execution_mode}')
         self._wake.set()
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
@@ -339,6 +343,11 @@ class LightVLANode(LifecycleNode):
             store.record_error(str(exc), now)
             self.get_logger().warning(f'state rejected: {exc}', throttle_duration_sec=5.0)
 
+    def _on_control_tick(self) -> None:
+        self._actuator.tick()
+        if self._actuator.wants_inference():
+            self._wake.set()
+
     def _go_idle(self) -> None:
         self._stop_motion()
         if self._endpoints is not None:
@@ -377,9 +386,13 @@ class LightVLANode(LifecycleNode):
             self.get_logger().info(f'instruction not refreshed for {cfg.instruction_timeout:.1f} s; idle')
             self._go_idle()
             return
-        health.frames.active = task.text is not None
+        wanted = self._actuator.wants_inference()
+        health.frames.active = task.text is not None and wanted
         if task.text is None:
             health.waiting = 'an instruction'
+            return
+        if not wanted:
+            health.waiting = f'the queued steps to run down ({cfg.execution_mode})'
             return
         wait = cfg.inference_period - (time.monotonic() - self._last_start)
         if wait > 0:

@@ -1,8 +1,8 @@
-"""What happens to a chunk the model computed: checks, clipping, trimming, publishing and execution.
+"""What happens to a chunk the model computed: checks, clipping, publishing and hand-over to the actuator.
 
 Every finite chunk is published on ``action_chunk`` / ``chunk_info`` with its observation stamp, so consumers can
-judge it; only the steps whose time has not passed yet go to the actuator. A chunk with none left is counted as
-too late to execute and reported, never silently dropped.
+judge it; the actuator's scheduler executes the steps whose time has not passed yet (all of them in open_loop). A chunk
+with none left is counted as too late to execute and reported, never silently dropped.
 """
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ class ChunkPublisher:
             self.reject_nonfinite(now)
             return
         clip = chunk_math.clip_actions(actions, list(cfg.action_lower), list(cfg.action_upper))
-        trimmed = chunk_math.elapsed_steps(result.frameset.obs_stamp, now, cfg.dt)
-        remaining = chunk_math.trim_chunk(clip.actions, trimmed)
-        counters.trimmed_steps_last, counters.nonfinite_since_last_good = min(trimmed, len(actions)), False
+        obs = result.frameset.obs_stamp
+        remaining = self._actuator.executable_steps(len(actions), obs, now)
+        trimmed = len(actions) - remaining
+        counters.trimmed_steps_last, counters.nonfinite_since_last_good = trimmed, False
         if clip.clipped_elements:
             counters.clipped_chunks += 1
             counters.clipped_elements += clip.clipped_elements
@@ -81,19 +82,18 @@ class ChunkPublisher:
         stamp = self._stamp_now()
         endpoints = self._endpoints
         endpoints.chunk.publish(messages.chunk_msg(clip.actions))
-        endpoints.chunk_info.publish(self._chunk_info(result, cfg, trimmed, len(remaining), clip.clipped_elements,
-                                                      stamp))
+        endpoints.chunk_info.publish(self._chunk_info(result, cfg, trimmed, remaining, clip.clipped_elements, stamp))
         endpoints.keep_ratio.publish(Float32(data=float(output.keep_ratio)))
         counters.published += 1
         counters.last_published_at = now
-        if len(remaining):
+        if remaining:
             counters.last_fresh_at = now
-            self._actuator.execute(remaining, stamp)
+            self._actuator.execute(clip.actions, obs, stamp)
         else:
             counters.stale += 1
             counters.last_stale_at = now
             self._log.warning(
-                f'chunk {self._chunk_id} too late to execute: {now - result.frameset.obs_stamp:.3f} s after the '
+                f'chunk {self._chunk_id} too late to execute: {now - obs:.3f} s after the '
                 f'observation all {len(actions)} steps of {cfg.dt} s have elapsed; published on action_chunk, not '
                 'executed', throttle_duration_sec=5.0)
         if cfg.debug_image and endpoints.debug_image.get_subscription_count() > 0:

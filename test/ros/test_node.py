@@ -582,3 +582,32 @@ def test_a_model_that_fails_after_loading_is_released(make_harness):
     h = make_harness(factory=factory, autostart=False)
     assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert factory.released == 1 and 'out of memory' in h.node.model_error
+
+
+# ---------------------------------------------------------------------------------------------- chunk execution
+
+def test_open_loop_executes_whole_chunks_and_infers_only_when_they_are_done(make_harness):
+    policy = FakePolicy()
+    h = make_harness(policy, publish_actions=True, execution_mode='open_loop')
+    h.instruct('go')
+    assert h.wait(lambda: h.active() == 'go')
+    assert h.stream_until(lambda: len(h.got['ee_twist']) >= 12, timeout=8.0)
+    # 8-step chunks at dt 0.1 s while frames come at ~10 Hz: one inference per 8 executed steps (+ the one in flight)
+    executed = sum(1 for t in h.got['ee_twist'] if t.twist.linear.x != 0.0 or t.twist.angular.x != 0.0)
+    assert len(policy.calls) <= executed // 8 + 2
+    status = h.wait_status('actions', lambda s: info_values(s).get('execution mode') == 'open_loop')
+    values = info_values(status)
+    assert int(values['steps executed']) >= 8 and values['steps executed per chunk (last)'] == '8'
+
+
+def test_execution_mode_changes_at_run_time(make_harness):
+    policy = FakePolicy()
+    h = make_harness(policy, publish_actions=True)
+    assert not h.node.set_parameters([Parameter('execution_mode', value='sometimes')])[0].successful
+    assert not h.node.set_parameters([Parameter('async_threshold', value=1.5)])[0].successful
+    assert h.node.set_parameters([Parameter('execution_mode', value='async'),
+                                  Parameter('async_aggregation', value='average')])[0].successful
+    h.instruct('go')
+    assert h.stream_until(lambda: len(h.got['chunk_info']) >= 3)
+    status = h.wait_status('actions', lambda s: int(info_values(s).get('blended steps', '0')) > 0)
+    assert info_values(status)['execution mode'] == 'async'

@@ -59,11 +59,6 @@ def elapsed_steps(obs_time: float, now: float, dt: float) -> int:
     return int(math.floor(elapsed / dt + 1e-9))
 
 
-def trim_chunk(actions: np.ndarray, steps: int) -> np.ndarray:
-    """Drop the first ``steps`` rows; an empty result means the whole chunk is stale."""
-    return actions[max(0, steps):]
-
-
 def fill_velocities(positions: np.ndarray, dt: float) -> np.ndarray:
     """Finite-difference velocities for trajectory points spaced ``dt`` apart, ending at rest.
 

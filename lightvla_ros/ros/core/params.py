@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from lightvla_ros.contract import PolicySettings
 from lightvla_ros.model.configuration import DTYPE_CHOICES, PREPROCESSING_CHOICES, PRUNING_METHODS, READOUT_MODES
+from lightvla_ros.ros.core.scheduler import AGGREGATION_OLD_WEIGHT, EXECUTION_MODES
 
 ParamValue = bool | int | float | str | list
 
@@ -119,6 +120,20 @@ class NodeConfig:
                                 max_value=63)
     dt: float = _param(0.05, 'Control period (s) of one chunk step; must match the training data (LIBERO: 0.05).',
                        min_value=0.001, max_value=10.0)
+    execution_mode: str = _param('replace', 'How chunks are executed: replace (infer on each fresh observation, a new '
+                                            'chunk replaces the rest of the old), open_loop (every step of a chunk, '
+                                            'then the next inference: the authors\' LIBERO protocol), async (ask for '
+                                            'the next chunk at async_threshold x chunk length, blend the overlap) or '
+                                            'temporal_ensemble (ACT: average every prediction for a step).',
+                                 runtime=True, choices=EXECUTION_MODES)
+    async_threshold: float = _param(0.5, 'async: ask for the next chunk once at most this fraction of a chunk is '
+                                         'queued.', runtime=True, min_value=0.0, max_value=1.0)
+    async_aggregation: str = _param('weighted_average', 'async: how a new chunk\'s step is blended into a queued one: '
+                                                        'latest_only, weighted_average (0.3 old / 0.7 new), average, '
+                                                        'conservative (0.7 old / 0.3 new).', runtime=True,
+                                    choices=tuple(AGGREGATION_OLD_WEIGHT))
+    ensemble_decay: float = _param(0.01, 'temporal_ensemble: prediction i (0 = the oldest) of a step weighs '
+                                         'exp(-ensemble_decay x i).', runtime=True, min_value=0.0, max_value=10.0)
     action_lower: tuple[float, ...] = _param((-1.0,) * 7, 'Per-dimension lower action limits (empty: no clipping).',
                                              element='double')
     action_upper: tuple[float, ...] = _param((1.0,) * 7, 'Per-dimension upper action limits (empty: no clipping).',

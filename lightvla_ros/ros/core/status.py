@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lightvla_ros.ros.core.frames import CameraCounters
+from lightvla_ros.ros.core.scheduler import SchedulerStats
 from lightvla_ros.ros.core.stats import ActionCounters, PruningStats, RollingWindow
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
@@ -368,6 +369,17 @@ def actions_status(counters: ActionCounters, now: float, publish_actions: bool,
         return StatusReport(WARN, 'chunks arrive after all their steps have elapsed (inference slower than '
                                   'chunk length x dt): published on action_chunk but not executed' + gate, values)
     return StatusReport(OK, f'{counters.published} chunk(s) published' + gate, values)
+
+
+def execution_values(mode: str, queued: int, stats: SchedulerStats) -> list[tuple[str, str]]:
+    """How chunks are being executed (the scheduler's numbers), for the actions task."""
+    per_chunk = list(stats.executed_per_chunk)
+    return [('execution mode', mode), ('steps queued', str(queued)),
+            ('steps executed', str(stats.steps_executed)),
+            ('steps executed per chunk (last)', str(per_chunk[-1]) if per_chunk else 'n/a'),
+            ('steps executed per chunk (mean)', _fmt(sum(per_chunk) / len(per_chunk), 2) if per_chunk else 'n/a'),
+            ('steps dropped (time passed)', str(stats.steps_dropped)), ('blended steps', str(stats.blends)),
+            ('gaps (ticks with nothing to execute)', str(stats.gaps))]
 
 
 @dataclass

@@ -1,37 +1,10 @@
-"""The chunk streamer and the typed node configuration (both ROS-free)."""
+"""The typed node configuration (ROS-free)."""
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from lightvla_ros.ros.core.params import PARAMS, SPECS, NodeConfig
-from lightvla_ros.ros.core.streamer import ChunkStreamer
-
-
-def test_streamer_hands_out_one_row_per_tick_then_one_stop():
-    streamer = ChunkStreamer()
-    assert streamer.tick().row is None and not streamer.tick().stop  # idle: nothing to do
-    streamer.replace(np.arange(6.0).reshape(3, 2))
-    rows = [streamer.tick().row.tolist() for _ in range(3)]
-    assert rows == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
-    assert streamer.tick().stop
-    assert not streamer.tick().stop  # the stop is asked for once
-
-
-def test_a_new_chunk_replaces_the_rest_of_the_old_one():
-    streamer = ChunkStreamer()
-    streamer.replace(np.zeros((8, 2)))
-    streamer.tick()
-    streamer.replace(np.ones((2, 2)))
-    assert len(streamer) == 2 and streamer.tick().row.tolist() == [1.0, 1.0]
-
-
-def test_clear_reports_whether_anything_was_moving():
-    streamer = ChunkStreamer()
-    assert streamer.clear() is False
-    streamer.replace(np.zeros((2, 2)))
-    assert streamer.clear() is True and len(streamer) == 0 and not streamer.tick().stop
 
 
 def test_node_config_is_the_parameter_table():
