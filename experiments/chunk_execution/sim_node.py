@@ -11,8 +11,9 @@ reproducible (up to thread scheduling, which the waits below make very unlikely 
 
 1. publish ``/clock`` = t; wait for the node's control tick (its twist stamped t, or a short grace on ticks with
    nothing to execute);
-2. release the inferences whose injected latency has passed and wait until their chunks are published;
-3. publish the frame and state stamped t; wait until any inference the node starts on them has computed;
+2. publish the state and frame stamped t; wait until any inference the node starts on them has computed;
+3. release the inferences whose injected latency has passed and wait until their chunks are published (a worker
+   that was waiting then finds the frame of t, as a node on a real robot finds the newest frame);
 4. execute the period's command and move the target.
 
 The model's compute time therefore costs no sim time; the latency of a run is what :class:`SimLatencyPolicy`
@@ -47,19 +48,15 @@ RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class SimGate:
-    """Shared by the sim and the latency wrapper: the sim clock, inferences computing, and results due."""
+    """Shared by the sim and the latency wrapper: the sim clock, inferences computing, and results released."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self.now = 0.0  # sim seconds
+        self.now = 0.0  # sim seconds: the time a prediction asked now is stamped with
+        self.released = 0.0  # sim seconds: results due at or before this time may return
         self.computing = 0
         self.calls = 0
         self.returned = 0
-
-    def set_now(self, now: float) -> None:
-        with self._cond:
-            self.now = now
-            self._cond.notify_all()
 
     def begin(self) -> float:
         with self._cond:
@@ -71,15 +68,21 @@ class SimGate:
         with self._cond:
             self.computing -= 1
 
-    def wait_until(self, deadline: float) -> None:
-        """Block until the sim clock reaches ``deadline`` (the injected latency) or the gate is closed."""
+    def release(self, until: float) -> None:
+        """Let the results due at or before ``until`` return."""
         with self._cond:
-            self._cond.wait_for(lambda: self.now >= deadline - 1e-9)
+            self.released = until
+            self._cond.notify_all()
+
+    def wait_until(self, deadline: float) -> None:
+        """Block until results due at ``deadline`` (the injected latency) are released, or the gate is closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.released >= deadline - 1e-9)
             self.returned += 1
 
     def close(self) -> None:
         """Release every waiting inference (the sim stops)."""
-        self.set_now(float('inf'))
+        self.release(float('inf'))
 
 
 class SimLatencyPolicy:
@@ -214,15 +217,17 @@ class Lockstep:
         if self.node_clock is not None:
             self.spin(lambda: self.node_clock().nanoseconds >= sim.now_ns, RESULT_TIMEOUT)
         self.spin(lambda: sim._twist is not None and sim._twist[0] == sim.now_ns, TICK_GRACE)
-        sim.gate.set_now(sim.now_ns * 1e-9)  # after the tick: a result due now starts at the next tick
+        sim.gate.now = sim.now_ns * 1e-9
+        if task is not None:
+            frame = sim.publish_state(task)
+            self.spin(lambda: False, SETTLE)  # the state first: the frame wakes the node's worker, which needs it
+            sim.camera_pub.publish(frame)
+            self._settle()
+        sim.gate.release(sim.gate.now)  # after the tick and the frame: a result due now is executed from the next tick
         if task is None:
             self.spin(lambda: False, SETTLE)
             sim.forgive_discarded()
         else:
-            self._settle()
-            frame = sim.publish_state(task)
-            self.spin(lambda: False, SETTLE)  # the state first: the frame wakes the node's worker, which needs it
-            sim.camera_pub.publish(frame)
             self._settle()
         command = sim.command()  # read last: on a busy CPU a tick's twist can come after the grace
         if task is not None:

@@ -67,13 +67,11 @@ class StudyConfig:
 
 def available_modes() -> tuple[str, ...]:
     """The execution modes this lightvla_node has (only today's ``replace`` before the chunk scheduler)."""
-    from lightvla_ros.ros.core.params import NodeConfig
-
-    names = {f.name for f in dataclasses.fields(NodeConfig)}
-    return MODES if "execution_mode" in names else ("replace",)
+    return MODES if "execution_mode" in _node_parameter_names() else ("replace",)
 
 
 def mode_parameters(mode: str) -> dict[str, Any]:
+    """The node parameters that select ``mode`` (its knobs keep their defaults)."""
     return {"execution_mode": mode} if "execution_mode" in _node_parameter_names() else {}
 
 
@@ -189,19 +187,25 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     log(f"modes: {', '.join(modes)}; latencies {LATENCIES} periods of {reacher.DT} s")
     stages = {"budget": asdict(budget), "seed": config.seed}
     stamp, checkpoint = root / "trained.json", root / "train" / "final"
-    if stamp.is_file() and json.loads(stamp.read_text()) == stages and (checkpoint / "config.json").is_file():
+    previous = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if {k: previous.get(k) for k in stages} == stages and (checkpoint / "config.json").is_file():
         log(f"reusing the demonstrations and the model trained with the same budget: {checkpoint}")
+        prepared = {"seconds": previous["seconds"], "reused": True}
     else:
         stamp.unlink(missing_ok=True)
         bag, data_config = record(root, budget, config.seed, log)
         log(f"recorded {budget.demos} demonstrations: {bag}")
+        recorded = time.time() - started
         checkpoint = train(root, bag, data_config, budget, config.seed)
-        stamp.write_text(json.dumps(stages))
+        prepared = {"seconds": {"record": recorded, "train": time.time() - started - recorded}, "reused": False}
+        stamp.write_text(json.dumps({**stages, "seconds": prepared["seconds"]}))
         log(f"trained: {checkpoint} (log: {root / 'train.log'})")
+    loop_started = time.time()
     runs = closed_loop(checkpoint, modes, budget, config.seed, log)
     results = {"config": asdict(config), "budget": asdict(budget), "modes": list(modes), "latencies": list(LATENCIES),
                "runs": runs, "train": _train_summary(root / "train" / "metrics.csv"),
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "wall_seconds": time.time() - started}
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "prepared": prepared,
+               "loop_seconds": time.time() - loop_started, "wall_seconds": time.time() - started}
     (root / "results.json").write_text(json.dumps(results))
     write_report(results, Path(config.report))
     log(f"done in {results['wall_seconds'] / 60:.1f} min: {config.report}")

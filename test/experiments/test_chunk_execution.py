@@ -74,21 +74,27 @@ def expert_loop(tmp_path_factory):
 
 
 def test_closed_loop_through_lightvla_node_reaches_the_target(expert_loop):
-    assert expert_loop.configure(0) == ""
+    assert expert_loop.configure(0, execution_mode="replace") == ""
     logs = [expert_loop.episode(seed, 80) for seed in range(3)]
     assert all(log.success_step is not None for log in logs)
     for log in logs:
         assert log.steps == log.success_step
-        assert log.inference_calls >= log.steps - 2  # a chunk for nearly every frame (today's replace behaviour)
+        assert log.inference_calls >= log.steps - 2  # replace: a chunk for nearly every frame
         assert np.abs(np.asarray(log.commands[2:])).max() > 0.1
 
 
 def test_injected_latency_delays_every_chunk_by_that_many_periods_of_sim_time(expert_loop):
-    assert expert_loop.configure(3) == ""
+    assert expert_loop.configure(3, execution_mode="replace") == ""
     log = expert_loop.episode(7, 30)
     moving = np.flatnonzero(np.linalg.norm(np.asarray(log.commands), axis=1) > 0)
     assert moving[0] == 4  # asked at period 0, returned at period 3, executed from the next tick on
     assert log.inference_calls == pytest.approx(log.steps / 3, abs=1.5)
+
+
+def test_open_loop_executes_whole_chunks_and_asks_for_the_next_one_only_then(expert_loop):
+    assert expert_loop.configure(0, execution_mode="open_loop") == ""
+    log = expert_loop.episode(7, 30)
+    assert log.inference_calls == pytest.approx(log.steps / 9, abs=1.5)  # 8 steps, then a period to infer and start
 
 
 def test_demonstrations_recorded_with_lightvla_record_train_on_the_experts_deltas(tmp_path):
