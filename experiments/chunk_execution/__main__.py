@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Closed-loop study of lightvla_node's chunk execution modes on a simulated "
                                             "reacher, on sim time with injected latency (docs/chunk-execution.md).")
     p.add_argument("--out", help=f"working folder: bag, checkpoints, results.json (default {FULL_OUT}, or {QUICK_OUT} "
-                   "with --quick)")
+                   "with --quick); a recording and training of the same budget found there is reused")
     p.add_argument("--report", help=f"where to write the report, its plot going to the img/ folder beside it (default "
                    f"OUT/{REPORT_NAME}; pass {PUBLISHED_REPORT} to update the published one)")
     p.add_argument("--quick", action="store_true", help="a short run (1-2 minutes) that checks the pipeline; numbers "
