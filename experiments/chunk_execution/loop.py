@@ -147,9 +147,7 @@ class ClosedLoop:
         log.success_step, log.inference_calls = task.success_step, self.gate.calls - calls
         sim.instruct('')
         self.lockstep.spin(lambda: tracker.snapshot().text is None, 5.0)
-        for _ in range(int(round(self.policy.latency / reacher.DT)) + 3):  # pending results return and are discarded
-            self.lockstep.advance(None)
-        sim.forgive_discarded()
+        self.lockstep.flush(int(round(self.policy.latency / reacher.DT)) + 3)  # past max_image_age: no stale frame
         return log
 
 

@@ -55,6 +55,7 @@ class SimGate:
         self.now = 0.0  # sim seconds: the time a prediction asked now is stamped with
         self.released = 0.0  # sim seconds: results due at or before this time may return
         self.computing = 0
+        self.waiting = 0  # computed, waiting for their release
         self.calls = 0
         self.returned = 0
 
@@ -67,6 +68,7 @@ class SimGate:
     def computed(self) -> None:
         with self._cond:
             self.computing -= 1
+            self.waiting += 1
 
     def release(self, until: float) -> None:
         """Let the results due at or before ``until`` return."""
@@ -78,6 +80,7 @@ class SimGate:
         """Block until results due at ``deadline`` (the injected latency) are released, or the gate is closed."""
         with self._cond:
             self._cond.wait_for(lambda: self.released >= deadline - 1e-9)
+            self.waiting -= 1
             self.returned += 1
 
     def close(self) -> None:
@@ -210,7 +213,7 @@ class Lockstep:
     def advance(self, task: reacher.Reacher | None) -> tuple[np.ndarray, bool]:
         """One control period (steps 1-4 of the module docstring); returns the executed command and whether a new
         chunk arrived during the period. ``task`` None: the clock advances with nothing observed and results are not
-        waited for (between episodes, when the node discards them)."""
+        waited for (between episodes, when the node discards them: see :meth:`flush`)."""
         sim = self.sim
         chunks_before = sim.chunks
         sim.publish_clock()
@@ -226,7 +229,6 @@ class Lockstep:
         sim.gate.release(sim.gate.now)  # after the tick and the frame: a result due now is executed from the next tick
         if task is None:
             self.spin(lambda: False, SETTLE)
-            sim.forgive_discarded()
         else:
             self._settle()
         command = sim.command()  # read last: on a busy CPU a tick's twist can come after the grace
@@ -234,6 +236,16 @@ class Lockstep:
             task.step(command)
         sim.step_index += 1
         return command, sim.chunks > chunks_before
+
+    def flush(self, periods: int) -> None:
+        """Advance ``periods`` with nothing observed (the node is idle) until every inference has returned; the
+        results it discarded (computed for a finished episode) then count as published."""
+        for _ in range(periods):
+            self.advance(None)
+        gate = self.sim.gate
+        self.spin(lambda: gate.computing == 0 and gate.waiting == 0, RESULT_TIMEOUT)
+        self.spin(lambda: False, SETTLE)
+        self.sim.forgive_discarded()
 
     def _settle(self) -> None:
         """Wait until nothing computes and every returned result has been published."""
