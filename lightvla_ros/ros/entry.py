@@ -42,6 +42,14 @@ class _StopRequest:
             raise KeyboardInterrupt
 
 
+_STOP = _StopRequest()
+
+
+def stop_requested() -> bool:
+    """Whether this process was asked to stop (a node finishing a long transition should not start another)."""
+    return _STOP.requested
+
+
 def spin_node(make_node: Callable[[], Node], args: list[str] | None = None, exit_process: bool = True) -> None:
     """Run the node built by ``make_node`` on a single-threaded executor (its own worker threads do the heavy work).
 
@@ -53,7 +61,8 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None = None, exit
     ``exit_process`` (the entry points) the process then exits at once with status 0.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = _StopRequest()
+    stop = _STOP
+    stop.requested_at = None
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = make_node()
     executor = SingleThreadedExecutor()

@@ -44,7 +44,7 @@ from lightvla_ros.ros.core.params import NodeConfig
 from lightvla_ros.ros.core.status import ModelInfo
 from lightvla_ros.ros.diagnostics import Diagnostics, NodeHealth, NodeReports
 from lightvla_ros.ros.endpoints import Endpoints
-from lightvla_ros.ros.entry import spin_node
+from lightvla_ros.ros.entry import spin_node, stop_requested
 from lightvla_ros.ros.observations import ObservationInputs
 from lightvla_ros.ros.parameters import NodeParameters, error_text
 from lightvla_ros.ros.publishing import ChunkPublisher, Inference
@@ -121,7 +121,7 @@ class LightVLANode(LifecycleNode):
 
     def _autostart(self) -> None:
         self.destroy_timer(self._autostart_timer)
-        if self.trigger_configure() == SUCCESS:
+        if self.trigger_configure() == SUCCESS and not stop_requested():  # Ctrl-C while loading: do not activate
             self.trigger_activate()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -158,3 +158,4 @@ def test_a_signal_while_the_model_loads_stops_cleanly_once_it_has_loaded(tmp_pat
     output = log.read_text()
     assert proc.returncode == 0, output[-3000:]
     assert not SHUTDOWN_NOISE.search(output) and 'terminate called' not in output, output[-3000:]
+    assert 'model released' in output and 'active: inferring' not in output  # it never activated
