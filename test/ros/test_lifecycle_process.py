@@ -58,7 +58,16 @@ class Lifecycle:
         return future.result()
 
     def state(self) -> str:
-        return self._call(self.get, GetState.Request()).current_state.label
+        """The node's lifecycle state. Asked again after 5 s without an answer: a service response can be lost while
+        the client's response reader is still being matched (a DDS discovery race that service_is_ready misses);
+        the first successful round trip settles it, so only this idempotent query retries."""
+        assert self.client.wait(self.get.service_is_ready, 30.0), self.log.read_text()[-3000:]
+        deadline = time.monotonic() + LOAD_TIMEOUT
+        while time.monotonic() < deadline:
+            future = self.get.call_async(GetState.Request())
+            if self.client.wait(future.done, 5.0):
+                return future.result().current_state.label
+        raise AssertionError(f'no answer from get_state: {self.log.read_text()[-3000:]}')
 
     def set(self, label: str) -> bool:
         return self._call(self.change, ChangeState.Request(transition=Transition(label=label))).success
