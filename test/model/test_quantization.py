@@ -172,3 +172,23 @@ def test_predict_command_quantizes_the_golden_fixture(reference_fixture, referen
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["quantize"] == "int8" and len(out["actions"]) == 8
+
+
+def test_node_parameters_reach_the_policy_settings():
+    from lightvla_ros.ros.core.params import SPECS, NodeConfig, validate_value
+
+    settings = NodeConfig.from_values({"quantize": "int8", "compile_mode": "reduce-overhead", "kept_token_buckets": [32, 64],
+                                       "sdpa_backend": "math", "allocator": "heap"}).policy_settings()
+    assert (settings.quantize, settings.compile_mode, settings.kept_token_buckets) == ("int8", "reduce-overhead", (32, 64))
+    assert (settings.sdpa_backend, settings.allocator, settings.compile_backend) == ("math", "heap", "inductor")
+    assert all(SPECS[name].read_only for name in ("quantize", "compile_mode", "kept_token_buckets", "sdpa_backend"))
+    assert validate_value(SPECS["quantize"], "int3")
+
+
+def test_unknown_compile_backends_and_nonpositive_buckets_are_refused():
+    from lightvla_ros.model.acceleration import Acceleration
+
+    with pytest.raises(InputError, match="compile backend"):
+        Acceleration.for_mode("default", backend="tensorrt")
+    with pytest.raises(InputError, match="positive"):
+        Acceleration.for_mode("none", (0, 64))
