@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks.harness import BUDGETS, CAMERA_SHAPE, DEFAULT_INSTRUCTION
-from lightvla_ros.model.configuration import ALLOCATORS, COMPILE_MODES, DTYPE_CHOICES
+from lightvla_ros.model.configuration import ALLOCATORS, COMPILE_MODES, DTYPE_CHOICES, QUANTIZE_MODES
 from lightvla_ros.model.errors import LightVLAError
 from lightvla_ros.model.presets import PRESETS
 
@@ -51,6 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile mode for ViT blocks, projector, decoder layers and head (reduce-overhead = CUDA graphs)")
     p.add_argument("--buckets", type=_ints, help="pad kept tokens up to these counts (static shapes; default with "
                    "--compile reduce-overhead: 32,64,96,128,192,256,384,512)")
+    p.add_argument("--quantize", default="none", choices=QUANTIZE_MODES,
+                   help="weight-only quantization of the LLM and projector (torchao; see docs/performance.md)")
+    p.add_argument("--quantize-accuracy", action="store_true",
+                   help="instead of timing: accuracy and memory of every --quantize mode that runs here against float32 "
+                        "(benchmarks/quantization.py)")
     p.add_argument("--analytic-only", action="store_true", help="only the FLOPs and roofline tables (runs anywhere, even for --preset 7b)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON, Markdown and PNG (default build/bench)")
@@ -91,12 +96,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks.node_overhead import run_node_benchmark
 
         return run_node_benchmark(args)
+    if args.quantize_accuracy:
+        from benchmarks.quantization import run_accuracy
+
+        return run_accuracy(args)
     import torch
 
     from benchmarks import harness, report
     from benchmarks.roofline import detect_device
     from lightvla_ros.model.acceleration import Acceleration, accelerate
     from lightvla_ros.model.allocator import set_allocator
+    from lightvla_ros.model.quantization import quantize_model, weight_bytes
     from lightvla_ros.policy import resolve_device, resolve_dtype
 
     if args.threads:
@@ -117,12 +127,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log(f"building {args.checkpoint or args.preset} on {device} ({dtype}) ...")
     subject = harness.build_subject(None if args.checkpoint else args.preset, args.checkpoint, device, dtype, args.seed,
                                     authors=not args.no_authors)
+    quantized = quantize_model(subject.model, args.quantize)
     acceleration = Acceleration.for_mode(args.compile, args.buckets)
     accelerate(subject.model, acceleration)
     inputs = harness.make_inputs(subject.policy, args.instruction, args.camera, args.seed)
     scenarios = harness.default_scenarios(tuple(args.budgets), authors=subject.authors is not None)
     run_info: dict[str, Any] = {"command": command, "started": report.started(), "reps": reps, "warmup": warmup,
                                 "seed": args.seed, "acceleration": acceleration.describe(), "allocator": args.allocator,
+                                "quantize": args.quantize, "quantized_layers": len(quantized),
+                                "weight_bytes": weight_bytes(subject.model),
                                 "load_before": report.load_average()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

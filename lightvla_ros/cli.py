@@ -22,7 +22,9 @@ from lightvla_ros.model.configuration import (
     DTYPE_CHOICES,
     PREPROCESSING_CHOICES,
     PRUNING_METHODS,
+    QUANTIZE_MODES,
     READOUT_MODES,
+    SDPA_BACKENDS,
 )
 from lightvla_ros.model.errors import LightVLAError
 
@@ -34,6 +36,13 @@ def _parse_proprio(text: str | None) -> np.ndarray | None:
         return np.array([float(v) for v in text.split(",")], dtype=np.float64)
     except ValueError as exc:
         raise LightVLAError(f"--proprio must be comma-separated numbers, got {text!r}") from exc
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
 def _load_image(path: str) -> np.ndarray:
@@ -62,15 +71,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     policy = LightVLAPolicy.from_checkpoint(
         args.checkpoint, device=args.device, dtype=args.dtype, pruning=args.pruning, max_kept_tokens=args.max_kept_tokens,
         unnorm_key=args.unnorm_key, center_crop=args.center_crop, readout=args.readout, num_images=len(images),
-        preprocessing=args.preprocessing,
+        preprocessing=args.preprocessing, quantize=args.quantize, sdpa_backend=args.sdpa_backend,
     )
-    accelerate(policy.model, Acceleration.for_mode(args.compile))
+    accelerate(policy.model, Acceleration.for_mode(args.compile, args.buckets))
     out = policy.predict(images, args.instruction, _parse_proprio(args.proprio))
     if args.json:
-        print(json.dumps({**out.to_json(), "unnorm_key": policy.unnorm_key, "device": policy.device, "dtype": policy.dtype}))
+        print(json.dumps({**out.to_json(), "unnorm_key": policy.unnorm_key, "device": policy.device, "dtype": policy.dtype,
+                          "quantize": policy.quantize}))
         return 0
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
-    print(f"checkpoint {policy.checkpoint_dir}  device {policy.device} ({policy.dtype})  pruning {policy.pruning}")
+    print(f"checkpoint {policy.checkpoint_dir}  device {policy.device} ({policy.dtype})  pruning {policy.pruning}  "
+          f"quantize {policy.quantize} ({len(policy.quantized_layers)} layers)")
     print(f"instruction: {args.instruction!r}")
     print(f"kept visual tokens: {out.num_kept}/{out.num_patches} ({100 * out.keep_ratio:.1f}%), "
           f"FLOPs {out.flops['total'] / 1e9:.2f} G vs {out.flops['unpruned_total'] / 1e9:.2f} G unpruned "
@@ -145,8 +156,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--compile", default="none", choices=COMPILE_MODES,
                    help="torch.compile the model (reduce-overhead: CUDA graphs over kept-token buckets; pays off over many "
                    "calls, as in the node, not for one prediction)")
+    p.add_argument("--buckets", type=_ints, help="pad kept tokens up to these counts, comma-separated (default with "
+                   "--compile reduce-overhead: 32,64,96,128,192,256,384,512)")
+    p.add_argument("--sdpa-backend", default="auto", choices=SDPA_BACKENDS, help="attention kernel (auto: torch picks)")
     p.add_argument("--allocator", default="default", choices=ALLOCATORS,
                    help="heap: keep freed activations in glibc's heap (faster unpruned CPU inference; docs/performance.md)")
+    p.add_argument("--quantize", default="none", choices=QUANTIZE_MODES,
+                   help="weight-only quantization of the LLM and projector (torchao; int4 = int4-g128; fp8 needs a GPU "
+                        "with fp8 or the CPU). Accuracy: docs/performance.md")
     p.add_argument("--preprocessing", default="auto", choices=PREPROCESSING_CHOICES,
                    help="oft: the authors' evaluation chain (JPEG round trip, TF Lanczos resize, TF crop); "
                         "plain: frames go to the processor as they are (checkpoints trained on such frames); "

@@ -33,6 +33,12 @@ class PolicySettings:
     num_images: int | None = None
     cpu_threads: int = 0
     warmup: bool = True
+    quantize: str = "none"
+    compile_mode: str = "none"
+    compile_backend: str = "inductor"
+    kept_token_buckets: tuple[int, ...] = ()
+    sdpa_backend: str = "auto"
+    allocator: str = "default"
 
 
 @dataclass

@@ -7,6 +7,7 @@ another thread changes the pruning settings.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -14,18 +15,27 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from lightvla_ros.contract import Observation, PolicyOutput, PolicySettings
+from lightvla_ros.model.allocator import set_allocator
 from lightvla_ros.model.checkpoint import CheckpointFiles, load_model
-from lightvla_ros.model.configuration import DTYPE_CHOICES, PREPROCESSING_CHOICES, READOUT_MODES, PruningConfig
+from lightvla_ros.model.configuration import (
+    DTYPE_CHOICES,
+    PREPROCESSING_CHOICES,
+    READOUT_MODES,
+    SDPA_BACKENDS,
+    PruningConfig,
+)
 from lightvla_ros.model.errors import CheckpointError, InputError
 from lightvla_ros.model.flops import ModelShape, count_flops
 from lightvla_ros.model.modeling import LightVLAForActionPrediction, StageTimer
 from lightvla_ros.model.processing import ImageProcessor, Normalizer, PromptBuilder, pad_prompts
+from lightvla_ros.model.pruning import FixedCountPruner
+from lightvla_ros.model.quantization import quantize_model
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_CHOICES if name != "auto"}
 
@@ -57,6 +67,24 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def sdpa_context(backend: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the context that restricts scaled-dot-product attention to ``backend`` (``auto``: torch picks).
+
+    flash and efficient take no arbitrary attention mask on CUDA: with kept-token buckets or batches of
+    different prompt lengths the LLM's padding mask makes them fail; math and cudnn always run."""
+    if backend not in SDPA_BACKENDS:
+        raise InputError(f"sdpa_backend must be one of {', '.join(SDPA_BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        return contextlib.nullcontext
+    if device.type == "cpu" and backend in ("efficient", "cudnn"):
+        raise InputError(f"sdpa_backend {backend} needs CUDA; on the CPU use auto, math or flash")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernel = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
+              "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+    return lambda: sdpa_kernel(kernel)
 
 
 def return_freed_heap_memory() -> bool:
@@ -95,17 +123,28 @@ class LightVLAPolicy:
         )
         self._shape = ModelShape.of(model)
         self._lock = threading.Lock()
+        self._attention: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        self.quantize = "none"
+        self.quantized_layers: list[str] = []
 
     @classmethod
     def from_settings(cls, settings: PolicySettings) -> "LightVLAPolicy":
-        """Build from the node's typed settings; ``cpu_threads`` > 0 also sets torch's intra-op thread count."""
+        """Build from the node's typed settings: ``cpu_threads`` > 0 also sets torch's intra-op thread count, the
+        allocator is set process-wide, and the model is quantized, then compiled over its kept-token buckets."""
         if settings.cpu_threads > 0:
             torch.set_num_threads(settings.cpu_threads)
-        return cls.from_checkpoint(
+        from lightvla_ros.model.acceleration import Acceleration, accelerate  # imports torch._dynamo
+
+        set_allocator(settings.allocator)
+        acceleration = Acceleration.for_mode(settings.compile_mode, settings.kept_token_buckets or None,
+                                             backend=settings.compile_backend)
+        policy = cls.from_checkpoint(
             settings.checkpoint, device=settings.device, dtype=settings.dtype, pruning=settings.pruning,
             max_kept_tokens=settings.max_kept_tokens, unnorm_key=settings.unnorm_key,
             center_crop=settings.center_crop, readout=settings.readout, num_images=settings.num_images,
-            preprocessing=settings.preprocessing)
+            preprocessing=settings.preprocessing, quantize=settings.quantize, sdpa_backend=settings.sdpa_backend)
+        accelerate(policy.model, acceleration)
+        return policy
 
     @classmethod
     def from_checkpoint(
@@ -120,11 +159,14 @@ class LightVLAPolicy:
         readout: str = "last",
         num_images: int | None = None,
         preprocessing: str = "auto",
+        quantize: str = "none",
+        sdpa_backend: str = "auto",
     ) -> "LightVLAPolicy":
         """``preprocessing``: ``oft`` runs each frame through the authors' evaluation chain (JPEG round trip, TF
         Lanczos resize, and their TF centre crop when ``center_crop``), what the released checkpoints expect;
         ``plain`` hands frames to the processor as they are (Pillow crop), for checkpoints trained that way;
-        ``auto`` is ``oft`` with ``center_crop`` (the LIBERO recipe) and ``plain`` without."""
+        ``auto`` is ``oft`` with ``center_crop`` (the LIBERO recipe) and ``plain`` without. ``quantize``: weight-only
+        quantization of the LLM and projector after loading (:mod:`lightvla_ros.model.quantization`)."""
         if preprocessing not in PREPROCESSING_CHOICES:
             raise InputError(f"preprocessing must be one of {', '.join(PREPROCESSING_CHOICES)}, got {preprocessing!r}")
         if preprocessing == "auto":
@@ -135,6 +177,7 @@ class LightVLAPolicy:
             raise InputError(f"readout must be one of {', '.join(READOUT_MODES)}, got {readout!r}")
         if num_images is not None and num_images < 1:
             raise InputError(f"num_images must be >= 1, got {num_images}")
+        attention = sdpa_context(sdpa_backend, torch_device)
         model, files = load_model(checkpoint_dir, PruningConfig(pruning, max_kept_tokens), num_images, torch_dtype, torch_device)
         model.set_readout(readout)
         statistics = model.config.norm_stats
@@ -147,7 +190,10 @@ class LightVLAPolicy:
         if model.config.proprio_dim is not None and normalizer.proprio_dim != model.config.proprio_dim:
             raise CheckpointError(f"statistics {normalizer.key!r} describe a {normalizer.proprio_dim}-d state, "
                                   f"the proprio projector takes {model.config.proprio_dim}")
-        return cls(model, files, normalizer, center_crop, torch_device, preprocessing)
+        quantized = quantize_model(model, quantize)
+        policy = cls(model, files, normalizer, center_crop, torch_device, preprocessing)
+        policy.quantize, policy.quantized_layers, policy._attention = quantize, quantized, attention
+        return policy
 
     # ------------------------------------------------------------------------------------------ properties
     @property
@@ -231,7 +277,7 @@ class LightVLAPolicy:
         pixels, ids, lengths, proprio = self.prepare(observations)
         preprocess_ms = (time.perf_counter() - start) * 1e3
         timer = StageTimer(self._device)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._attention():
             out = self.model(pixels, ids, lengths, proprio, num_images=self.num_images, timer=timer)
             normalized = out.normalized_actions.float().cpu().numpy()
         timings = {"preprocess": preprocess_ms, **timer.ms, "total": (time.perf_counter() - start) * 1e3}
@@ -256,12 +302,26 @@ class LightVLAPolicy:
         return results
 
     def warmup(self, iterations: int = 2) -> None:
-        """Run dummy predictions so the first real one is not slowed by lazy initialisation."""
+        """Run dummy predictions so the first real one is not slowed by lazy initialisation, then, with kept-token
+        buckets, one per bucket with exactly that many kept tokens, so that every bucket's compiled graph exists
+        before the first real chunk."""
         size = self.processor.size
         images = [np.full((size, size, 3), 127, np.uint8) for _ in range(self.num_images)]
         proprio = 0.5 * (self.normalizer.proprio_low + self.normalizer.proprio_high) if self.use_proprio else None
         for _ in range(iterations):
             self.predict(images, "warm up", proprio)
+        num_patches = self.num_images * self.patches_per_image
+        counts = sorted({min(bucket, num_patches) for bucket in self.model.kept_token_buckets})
+        if not counts:
+            return
+        pruner, pruning = self.model.pruner, self.model.pruning
+        try:
+            self.model.set_pruning(PruningConfig("lightvla"))
+            for count in counts:
+                self.model.pruner = FixedCountPruner(count)
+                self.predict(images, "warm up", proprio)
+        finally:
+            self.model.pruner, self.model.pruning = pruner, pruning
 
     def release(self) -> None:
         """Drop the weights and return the accelerator's cached memory (the node's lifecycle cleanup)."""

@@ -14,11 +14,12 @@ there; use ``mode="none"`` (eager, SDPA) in bf16/fp16 on Jetson.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch._dynamo
 
-from lightvla_ros.model.configuration import COMPILE_MODES
+from lightvla_ros.model.configuration import COMPILE_BACKENDS, COMPILE_MODES
 from lightvla_ros.model.errors import InputError
 from lightvla_ros.model.modeling import LightVLAForActionPrediction
 
@@ -36,12 +37,17 @@ class Acceleration:
         if self.compile_mode not in COMPILE_MODES:
             raise InputError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
 
+        if self.backend not in COMPILE_BACKENDS:
+            raise InputError(f"compile backend must be one of {', '.join(COMPILE_BACKENDS)}, got {self.backend!r}")
+        if any(int(b) < 1 for b in self.buckets):
+            raise InputError(f"kept-token buckets must be positive, got {list(self.buckets)}")
+
     @classmethod
-    def for_mode(cls, compile_mode: str, buckets: tuple[int, ...] | None = None) -> "Acceleration":
+    def for_mode(cls, compile_mode: str, buckets: Sequence[int] | None = None, backend: str = "inductor") -> "Acceleration":
         """``buckets`` None: :data:`DEFAULT_BUCKETS` for CUDA graphs (``reduce-overhead``), no padding otherwise."""
         if buckets is None:
             buckets = DEFAULT_BUCKETS if compile_mode == "reduce-overhead" else ()
-        return cls(compile_mode, tuple(buckets))
+        return cls(compile_mode, tuple(int(b) for b in buckets), backend)
 
     def describe(self) -> str:
         buckets = ",".join(map(str, self.buckets)) if self.buckets else "none"

@@ -49,7 +49,11 @@ PREPROCESSING_CHOICES = ("auto", "oft", "plain")
 # The LIBERO recipe's centre crop keeps this fraction of the image area (docs/model-notes.md §1).
 CENTER_CROP_AREA = 0.9
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # torch.compile; see model/acceleration.py
+COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")  # eager / aot_eager trace without generating code (tests)
 ALLOCATORS = ("default", "heap")  # heap: keep freed activations in glibc's heap (see model/allocator.py)
+# Weight-only quantization of the LLM and projector (model/quantization.py); int4 = int4-g128 (group size of scales).
+QUANTIZE_MODES = ("none", "int8", "int4", "int4-g32", "int4-g64", "int4-g128", "int4-g256", "fp8")
+SDPA_BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")  # torch.nn.attention.sdpa_kernel; auto: torch picks
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightvla_ros.model.configuration import NOISE_KINDS
+from lightvla_ros.model.errors import InputError
 
 PRUNER_RMS_EPS = 1e-6
 
@@ -199,3 +200,32 @@ class LearnableQueryPruner(nn.Module):
         task_n = weightless_rms_norm(task.to(patches.dtype))
         queries = seed + task_conditioned_queries(weightless_rms_norm(seed), task_n, task_mask)
         return selection_scores(queries, weightless_rms_norm(patches))
+
+
+class FixedCountPruner(TokenPruner):
+    """LightVLA's full scoring, then exactly ``count`` kept patches (benchmarks, and warm-up of kept-token buckets).
+
+    A random-weight model keeps however many patches its union of per-query argmaxes happens to give, and the
+    ``max_kept_tokens`` cap can only lower that. To time the LLM on exactly K visual tokens, this pruner computes
+    the real scores (the same work as the real pruner) and then steers every query's argmax to one of the K
+    patches with the highest best score. The union is then exactly those K patches, gathered in ascending order
+    with their original positions by the unchanged selection code. The steering is O(N^2) elementwise, against
+    the O(N^2 * D) scoring; the returned scores are the steered ones.
+    """
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+
+    def scores(self, patches: torch.Tensor, task: torch.Tensor, task_mask: torch.Tensor | None) -> torch.Tensor:
+        return steer_to_count(super().scores(patches, task, task_mask), self.count)
+
+
+def steer_to_count(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Scores (B, M, N) whose per-query argmaxes cover exactly the ``count`` patches with the highest best score."""
+    num_queries, num_patches = scores.shape[-2:]
+    if not 1 <= count <= min(num_patches, num_queries):
+        raise InputError(f"cannot keep exactly {count} of {num_patches} patches with {num_queries} queries")
+    chosen = scores.amax(dim=-2).topk(count, dim=-1).indices  # (B, K): best score over the queries
+    target = chosen[:, torch.arange(num_queries, device=scores.device) % count]  # every chosen patch gets a query
+    return scores.scatter(-1, target[..., None], scores.amax(dim=-1, keepdim=True) + 1)

@@ -33,10 +33,9 @@ class Endpoints:
     """Subscriptions and publishers of one configuration; :meth:`destroy` removes them all."""
 
     def __init__(self, node: Node, config: NodeConfig, on_image: Callable[[int, Any], None],
-                 on_instruction: Callable[[String], None], on_state: Callable[[Any], None],
-                 on_incompatible: Callable[[QosEvents, Any], None]) -> None:
+                 on_instruction: Callable[[String], None], on_state: Callable[[Any], None]) -> None:
         self._node = node
-        self._on_incompatible = on_incompatible
+        on_incompatible = self._on_incompatible
         self._overrides = QoSOverridingOptions.with_default_policies()
         self.output_events: dict[str, QosEvents] = {}
         self.publishers: list[Any] = []
@@ -79,6 +78,15 @@ class Endpoints:
         self.output_events[pub.topic_name] = events
         self.publishers.append(pub)
         return pub
+
+    def _on_incompatible(self, events: QosEvents, info: Any) -> None:
+        """Remember an incompatible-QoS event (either side) for the diagnostics, and say so once in the log."""
+        events.incompatible = int(info.total_count)
+        policy = getattr(info.last_policy_kind, 'name', str(info.last_policy_kind))
+        events.last_policy = policy.removeprefix('RMW_QOS_POLICY_')
+        events.last_incompatible_at = self._node.get_clock().now().nanoseconds * 1e-9
+        self._node.get_logger().warning(f'incompatible QoS on a topic of this node ({events.last_policy}); '
+                                        'see /diagnostics')
 
     def destroy(self) -> None:
         for sub in [*self.cameras, self.instruction, self.state]:

@@ -3,7 +3,9 @@ clean up) and the spin loop its command-line clients and tests wait with."""
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -15,32 +17,52 @@ from rclpy.signals import SignalHandlerOptions
 
 # How often the spin loop returns to Python, so a signal is handled within this time.
 SIGNAL_CHECK_S = 0.1
+# Signals closer together than this are one stop request (see _StopRequest).
+SAME_REQUEST_S = 1.0
 
 
 class _StopRequest:
-    """The first SIGINT/SIGTERM asks for a clean stop (seen by the spin loop within ``SIGNAL_CHECK_S``); a second
-    one, while that stop is still under way or a long callback (loading a model) is running, abandons it."""
+    """The first SIGINT/SIGTERM asks for a clean stop (seen by the spin loop within ``SIGNAL_CHECK_S``); a later one,
+    while that stop or a long callback (loading a model) is still running, abandons it. A repeat within
+    ``SAME_REQUEST_S`` is the same request: Ctrl-C under ``ros2 launch`` reaches a node twice, once from the terminal's
+    process group and once forwarded by launch."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested_at: float | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.requested_at is not None
 
     def __call__(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        now = time.monotonic()
+        if self.requested_at is None:
+            self.requested_at = now
+        elif now - self.requested_at > SAME_REQUEST_S:
             raise KeyboardInterrupt
-        self.requested = True
 
 
-def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
+_STOP = _StopRequest()
+
+
+def stop_requested() -> bool:
+    """Whether this process was asked to stop (a node finishing a long transition should not start another)."""
+    return _STOP.requested
+
+
+def spin_node(make_node: Callable[[], Node], args: list[str] | None = None, exit_process: bool = True) -> None:
     """Run the node built by ``make_node`` on a single-threaded executor (its own worker threads do the heavy work).
 
     SIGINT and SIGTERM are handled here rather than by rclpy: rclpy's handler shuts the context down at once, so a
     worker thread still publishing would log errors, and a lifecycle node could no longer stop the robot. Instead
     the node is first taken through its shutdown transition (stop motion, release the model) with the context
     still valid, then destroyed, then the context is shut down. A signal that arrives during a transition (say,
-    while the model loads) takes effect when the transition ends; a second signal stops at once.
+    while the model loads) takes effect when the transition ends; a second signal stops at once. With
+    ``exit_process`` (the entry points) the process then exits at once with status 0.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = _StopRequest()
+    stop = _STOP
+    stop.requested_at = None
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = make_node()
     executor = SingleThreadedExecutor()
@@ -66,6 +88,12 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> N
         rclpy.try_shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if exit_process:
+        # Everything is stopped and released; finalizing the interpreter (torch, transformers: seconds of garbage
+        # collection) would only risk ros2 launch's SIGTERM escalation after its 5 s grace period.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def lifecycle_state(node: LifecycleNode) -> str:

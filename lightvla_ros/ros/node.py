@@ -31,26 +31,21 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-import numpy as np
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from lightvla_ros.contract import InputError, Policy, PolicySettings
-from lightvla_ros.ros import messages
 from lightvla_ros.ros.actuation import Actuator, make_actuator
 from lightvla_ros.ros.core import chunks as chunk_math
-from lightvla_ros.ros.core.frames import FrameSet
-from lightvla_ros.ros.core.images import ImageDecodeError, decode_image
 from lightvla_ros.ros.core.instructions import InstructionEventKind
 from lightvla_ros.ros.core.params import NodeConfig
-from lightvla_ros.ros.core.state import StateError, state_from_array, state_from_joint_state
-from lightvla_ros.ros.core.status import ModelInfo, QosEvents
+from lightvla_ros.ros.core.status import ModelInfo
 from lightvla_ros.ros.diagnostics import Diagnostics, NodeHealth, NodeReports
 from lightvla_ros.ros.endpoints import Endpoints
-from lightvla_ros.ros.entry import spin_node
+from lightvla_ros.ros.entry import spin_node, stop_requested
+from lightvla_ros.ros.observations import ObservationInputs
 from lightvla_ros.ros.parameters import NodeParameters, error_text
 from lightvla_ros.ros.publishing import ChunkPublisher, Inference
 
@@ -90,6 +85,8 @@ class LightVLANode(LifecycleNode):
         self._wake = threading.Event()
         self._last_start = 0.0
         self._publisher: ChunkPublisher | None = None
+        self._inputs = ObservationInputs(lambda: self._health, lambda: self._params.config, self._now,
+                                         self._expected_state, self.get_logger())
         self._diagnostics = Diagnostics(self, cfg.device)
         NodeReports(lambda: self._health, lambda: self._params.config, lambda: self._endpoints,
                     lambda: self._actuator, self._now, self._device_name).register(self._diagnostics)
@@ -124,7 +121,7 @@ class LightVLANode(LifecycleNode):
 
     def _autostart(self) -> None:
         self.destroy_timer(self._autostart_timer)
-        if self.trigger_configure() == SUCCESS:
+        if self.trigger_configure() == SUCCESS and not stop_requested():  # Ctrl-C while loading: do not activate
             self.trigger_activate()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -135,8 +132,7 @@ class LightVLANode(LifecycleNode):
         if problem:
             self._fail_model('unconfigured' if not cfg.checkpoint else 'failed', problem)
             return FAILURE
-        self._endpoints = Endpoints(self, cfg, self._on_image, self._on_instruction, self._on_state,
-                                    self._on_incompatible)
+        self._endpoints = Endpoints(self, cfg, self._on_image, self._on_instruction, self._inputs.on_state)
         self._actuator = make_actuator(lambda: self._params.config, self._endpoints.publisher, self._health.actions,
                                        self._now, self._stamp_now, self._health.state.measured_joints)
         self._publisher = ChunkPublisher(self.get_name(), self._endpoints, self._actuator, self._health,
@@ -295,20 +291,16 @@ class LightVLANode(LifecycleNode):
     def _stamp_now(self) -> Any:
         return self.get_clock().now().to_msg()
 
+    def _expected_state(self) -> int | None:
+        with self._policy_lock:
+            return self._policy.proprio_dim if self._policy is not None and self._policy.use_proprio else None
+
     def _device_name(self) -> str:
         with self._policy_lock:
             return self._params.config.device if self._policy is None else self._policy.device_name
 
-    def _on_incompatible(self, events: QosEvents, info: Any) -> None:
-        events.incompatible = int(info.total_count)
-        policy = getattr(info.last_policy_kind, 'name', str(info.last_policy_kind))
-        events.last_policy = policy.removeprefix('RMW_QOS_POLICY_')
-        events.last_incompatible_at = self._now()
-        self.get_logger().warning(f'incompatible QoS on a topic of this node ({events.last_policy}); '
-                                  'see /diagnostics')
-
     def _on_image(self, index: int, msg: Any) -> None:
-        self._health.frames.put(index, msg, messages.stamp_seconds(msg.header.stamp), self._now())
+        self._inputs.on_image(index, msg)
         self._wake.set()
 
     def _on_instruction(self, msg: String) -> None:
@@ -326,22 +318,6 @@ class LightVLANode(LifecycleNode):
                 log.warning(f'instruction rejected, going idle: {event.reason}')
             self._go_idle()
         self._wake.set()
-
-    def _on_state(self, msg: Any) -> None:
-        now, cfg, store = self._now(), self._params.config, self._health.state
-        with self._policy_lock:
-            expected = self._policy.proprio_dim if self._policy is not None and self._policy.use_proprio else None
-        try:
-            if isinstance(msg, JointState):
-                store.remember_joints(msg.name, msg.position)
-                vector = state_from_joint_state(msg.name, msg.position, cfg.state_joint_names)
-                stamp = messages.stamp_seconds(msg.header.stamp) or now
-            else:
-                vector, stamp = state_from_array(msg.data, cfg.state_indices), now
-            store.put(vector, stamp, expected)
-        except StateError as exc:
-            store.record_error(str(exc), now)
-            self.get_logger().warning(f'state rejected: {exc}', throttle_duration_sec=5.0)
 
     def _on_control_tick(self) -> None:
         self._actuator.tick()
@@ -399,14 +375,14 @@ class LightVLANode(LifecycleNode):
             self._stop_event.wait(min(wait, 0.05))
             self._wake.set()
             return
-        proprio = self._proprio(policy, cfg, now)
+        proprio = self._inputs.proprio(policy, now)
         if proprio is False:
             return
         taken = health.frames.take(now, cfg.sync_tolerance, cfg.max_image_age)
         if isinstance(taken, str):
             health.waiting = taken
             return
-        images = self._decode(taken, cfg, now)
+        images = self._inputs.decode(taken, now)
         if images is None:
             return
         health.waiting = ''
@@ -426,30 +402,6 @@ class LightVLANode(LifecycleNode):
             if self._active.is_set():
                 self._publisher.publish(Inference(output, taken, images, task.text, task.epoch, latency_s))
         self._wake.set()
-
-    def _decode(self, frameset: FrameSet, cfg: NodeConfig, now: float) -> list[np.ndarray] | None:
-        images = []
-        for i, frame in enumerate(frameset.frames):
-            try:
-                images.append(decode_image(frame.msg, cfg.camera_kinds[i] == 'compressed'))
-            except ImageDecodeError as exc:
-                self._health.frames.record_error(i, str(exc), now)
-                self.get_logger().warning(f'frame from {cfg.camera_topics[i]} rejected: {exc}',
-                                          throttle_duration_sec=5.0)
-                return None
-        return images
-
-    def _proprio(self, policy: Policy, cfg: NodeConfig, now: float) -> np.ndarray | None | bool:
-        """The state vector, None when the model takes none, False when inference must wait."""
-        if not policy.use_proprio:
-            return None
-        sample = self._health.state.latest()
-        if sample is not None and now - sample.stamp <= cfg.max_state_age:
-            return sample.vector
-        if cfg.missing_state == 'zeros':
-            return np.zeros(int(policy.proprio_dim), dtype=np.float32)
-        self._health.waiting = f'a valid state on {cfg.state_topic}'
-        return False
 
     def _inference_failed(self, exc: Exception, now: float) -> None:
         """Sort a failed prediction into bad input (WARN), non-finite output or a model fault."""

@@ -15,10 +15,9 @@ from benchmarks.harness import (
     make_inputs,
     paired_ratio,
     run,
-    steer_to_count,
 )
 from lightvla_ros.model.acceleration import DEFAULT_BUCKETS, Acceleration, accelerate
-from lightvla_ros.model.pruning import TokenPruner
+from lightvla_ros.model.pruning import TokenPruner, steer_to_count
 
 
 @pytest.fixture(scope="module")

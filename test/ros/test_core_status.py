@@ -92,8 +92,10 @@ def test_instruction_status():
 
 def test_inference_budget_warning():
     window = RollingWindow()
-    assert 'no inference yet' in inference_status(window, 400.0, 0.0, 'cpu', 'float32',
-                                                  'an instruction').message
+    assert inference_status(window, 400.0, 0.0, 'cpu', 'float32', 'an instruction').message == \
+        'no inference yet: waiting for an instruction'
+    assert inference_status(window, 400.0, 0.0, 'cpu', 'float32', 'waiting for a fresh frame from camera(s) 1'
+                            ).message == 'no inference yet: waiting for a fresh frame from camera(s) 1'
     for i in range(10):
         window.add(100.0 + i, float(i))
     report = inference_status(window, 400.0, 10.0, 'cpu', 'float32', '')

@@ -45,19 +45,29 @@ def wait_ready(client: Client, proc: subprocess.Popen) -> bool:
 class Lifecycle:
     """A lifecycle client of /lightvla_node (the calls `ros2 lifecycle get/set` make)."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, log: Path) -> None:
         self.client = client
+        self.log = log
         self.get = client.node.create_client(GetState, '/lightvla_node/get_state')
         self.change = client.node.create_client(ChangeState, '/lightvla_node/change_state')
 
     def _call(self, service, request, timeout: float = LOAD_TIMEOUT):
-        assert self.client.wait(service.service_is_ready, 30.0)
+        assert self.client.wait(service.service_is_ready, 30.0), self.log.read_text()[-3000:]
         future = service.call_async(request)
-        assert self.client.wait(future.done, timeout)
+        assert self.client.wait(future.done, timeout), self.log.read_text()[-3000:]
         return future.result()
 
     def state(self) -> str:
-        return self._call(self.get, GetState.Request()).current_state.label
+        """The node's lifecycle state. Asked again after 5 s without an answer: a service response can be lost while
+        the client's response reader is still being matched (a DDS discovery race that service_is_ready misses);
+        the first successful round trip settles it, so only this idempotent query retries."""
+        assert self.client.wait(self.get.service_is_ready, 30.0), self.log.read_text()[-3000:]
+        deadline = time.monotonic() + LOAD_TIMEOUT
+        while time.monotonic() < deadline:
+            future = self.get.call_async(GetState.Request())
+            if self.client.wait(future.done, 5.0):
+                return future.result().current_state.label
+        raise AssertionError(f'no answer from get_state: {self.log.read_text()[-3000:]}')
 
     def set(self, label: str) -> bool:
         return self._call(self.change, ChangeState.Request(transition=Transition(label=label))).success
@@ -65,19 +75,19 @@ class Lifecycle:
 
 @pytest.fixture(scope='module')
 def heavy_checkpoint(tmp_path_factory) -> Path:
-    """A random checkpoint with a ~300 MB LLM, so the memory the model holds stands out from torch's own."""
+    """A random checkpoint with a ~200 MB LLM, so the memory the model holds stands out from torch's own."""
     from lightvla_ros.model.tiny import make_tiny_checkpoint
 
-    return make_tiny_checkpoint(tmp_path_factory.mktemp('heavy') / 'ckpt', seed=0, hidden=768, layers=8)
+    return make_tiny_checkpoint(tmp_path_factory.mktemp('heavy') / 'ckpt', seed=0, hidden=640, layers=8)
 
 
 def test_lifecycle_services_drive_the_node_and_cleanup_releases_the_model(tmp_path, heavy_checkpoint):
     log = tmp_path / 'node.log'
     proc = start_node(log, *NODE_ARGS, '-p', f'checkpoint:={heavy_checkpoint}', '-p', 'autostart:=false',
-                      '-p', 'publish_actions:=true', '-p', 'center_crop:=false')
+                      '-p', 'publish_actions:=true', '-p', 'center_crop:=false', '-p', 'warmup:=false')
     client = Client()
     try:
-        lifecycle = Lifecycle(client)
+        lifecycle = Lifecycle(client, log)
         assert lifecycle.state() == 'unconfigured'
         unconfigured = rss_mib(proc.pid)
         assert lifecycle.set('configure') and lifecycle.state() == 'inactive'
@@ -101,7 +111,7 @@ def test_lifecycle_services_drive_the_node_and_cleanup_releases_the_model(tmp_pa
         cleaned = rss_mib(proc.pid)
         print(f'node RSS: {unconfigured:.0f} MiB unconfigured, {configured:.0f} MiB configured, '
               f'{cleaned:.0f} MiB after cleanup')
-        assert configured - cleaned > 200  # the ~300 MB of weights went back to the system
+        assert configured - cleaned > 150  # the ~200 MB of weights went back to the system
         assert lifecycle.set('shutdown') and lifecycle.state() == 'finalized'
         assert proc.poll() is None  # a finalized node waits to be stopped
     finally:
@@ -113,8 +123,11 @@ def test_lifecycle_services_drive_the_node_and_cleanup_releases_the_model(tmp_pa
     assert not SHUTDOWN_NOISE.search(output), output[-3000:]
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGINT, signal.SIGTERM])
-def test_a_signal_while_inferring_stops_the_robot_quietly(tmp_path, sig):
+@pytest.mark.parametrize('signals', [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)],
+                         ids=['sigint', 'sigterm', 'ctrl-c-under-launch'])
+def test_a_signal_while_inferring_stops_the_robot_quietly(tmp_path, signals):
+    """Ctrl-C under ros2 launch reaches the node twice (the terminal's process group and launch's forwarding): one
+    clean stop. The node must be gone well within launch's 5 s before it escalates to SIGTERM."""
     log = tmp_path / 'node.log'
     proc = start_node(log, *NODE_ARGS, '-p', 'publish_actions:=true', '-p', 'inference_period:=0.0')
     client = Client()
@@ -124,10 +137,13 @@ def test_a_signal_while_inferring_stops_the_robot_quietly(tmp_path, sig):
         assert wait_ready(client, proc), log.read_text()[-3000:]
         send_instruction(client, 'pick up the bowl')
         assert client.stream_until(lambda: len(client.got['/chunk_info']) >= 3 and twists)
-        proc.send_signal(sig)  # while chunks are being computed and streamed
+        for sig in signals:  # while chunks are being computed and streamed
+            proc.send_signal(sig)
+        signalled = time.monotonic()
         while proc.poll() is None and client.wait(lambda: proc.poll() is not None, 0.05) is False:
             client.frames()
         proc.wait(timeout=30)
+        exit_s = time.monotonic() - signalled
         client.wait(lambda: False, 0.3)
     finally:
         client.close()
@@ -137,6 +153,7 @@ def test_a_signal_while_inferring_stops_the_robot_quietly(tmp_path, sig):
     assert proc.returncode == 0, output[-3000:]
     assert not SHUTDOWN_NOISE.search(output), output[-3000:]
     assert twists[-1].twist.linear.x == 0.0 and twists[-1].twist.angular.x == 0.0  # the last command is a stop
+    assert 'model released' in output and exit_s < 5.0, (exit_s, output[-3000:])
 
 
 def test_a_signal_while_the_model_loads_stops_cleanly_once_it_has_loaded(tmp_path):
@@ -150,3 +167,4 @@ def test_a_signal_while_the_model_loads_stops_cleanly_once_it_has_loaded(tmp_pat
     output = log.read_text()
     assert proc.returncode == 0, output[-3000:]
     assert not SHUTDOWN_NOISE.search(output) and 'terminate called' not in output, output[-3000:]
+    assert 'model released' in output and 'active: inferring' not in output  # it never activated

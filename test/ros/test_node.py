@@ -611,3 +611,33 @@ def test_execution_mode_changes_at_run_time(make_harness):
     assert h.stream_until(lambda: len(h.got['chunk_info']) >= 3)
     status = h.wait_status('actions', lambda s: int(info_values(s).get('blended steps', '0')) > 0)
     assert info_values(status)['execution mode'] == 'async'
+
+
+# ---------------------------------------------------------------------------------------------- the real policy
+
+def first_chunk(checkpoint: str, **overrides: Any) -> np.ndarray:
+    """The first action chunk the node computes with the real policy on fixed frames (no state: zeros)."""
+    from lightvla_ros.ros.node import load_policy
+
+    h = Harness(load_policy, {'autostart': False, 'device': 'cpu', 'dtype': 'float32', 'center_crop': False,
+                              'warmup': False, **overrides}, checkpoint)
+    try:
+        assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS, h.node.model_error
+        assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        h.wait_configured()
+        h.instruct('pick up the bowl')
+        assert h.wait(lambda: h.active() == 'pick up the bowl')
+        assert h.stream_until(lambda: h.got['action_chunk'], timeout=60.0)
+        return np.asarray(h.got['action_chunk'][0].data)
+    finally:
+        h.close()
+
+
+def test_the_node_runs_compiled_with_buckets_and_quantized(random_tiny_checkpoint):
+    checkpoint = str(random_tiny_checkpoint)
+    plain = first_chunk(checkpoint)
+    compiled = first_chunk(checkpoint, compile_mode='default', compile_backend='eager',
+                           kept_token_buckets=[16, 64, 512])
+    np.testing.assert_allclose(compiled, plain, atol=1e-5)  # buckets pad with masked slots: same result
+    int8 = first_chunk(checkpoint, quantize='int8')
+    assert np.all(np.isfinite(int8)) and np.abs(int8 - plain).max() < 0.5  # close, not equal (docs/performance.md)

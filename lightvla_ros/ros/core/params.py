@@ -14,7 +14,17 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from lightvla_ros.contract import PolicySettings
-from lightvla_ros.model.configuration import DTYPE_CHOICES, PREPROCESSING_CHOICES, PRUNING_METHODS, READOUT_MODES
+from lightvla_ros.model.configuration import (
+    ALLOCATORS,
+    COMPILE_BACKENDS,
+    COMPILE_MODES,
+    DTYPE_CHOICES,
+    PREPROCESSING_CHOICES,
+    PRUNING_METHODS,
+    QUANTIZE_MODES,
+    READOUT_MODES,
+    SDPA_BACKENDS,
+)
 from lightvla_ros.ros.core.scheduler import AGGREGATION_OLD_WEIGHT, EXECUTION_MODES
 
 ParamValue = bool | int | float | str | list
@@ -70,7 +80,23 @@ class NodeConfig:
     cpu_threads: int = _param(0, 'Torch intra-op threads for CPU inference (0: torch default). Use 1 or 2 when other '
                                  'processes share the CPU: oversubscribed threads can make inference many times '
                                  'slower.', min_value=0, max_value=256)
-    warmup: bool = _param(True, 'Run dummy forward passes after loading so the first real chunk is not slow.')
+    warmup: bool = _param(True, 'Run dummy forward passes after loading so the first real chunk is not slow (with '
+                                'kept_token_buckets: one per bucket).')
+    quantize: str = _param('none', 'Weight-only quantization of the LLM and projector at load: none, int8, int4-gN '
+                                   '(4-bit, one scale per N weights; int4 = int4-g128) or fp8 (GPUs with fp8 only). '
+                                   'See docs/performance.md for the measured accuracy.', choices=QUANTIZE_MODES)
+    compile_mode: str = _param('none', 'torch.compile the model at configure: none, default, reduce-overhead (CUDA '
+                                       'graphs over kept_token_buckets) or max-autotune.', choices=COMPILE_MODES)
+    compile_backend: str = _param('inductor', 'torch.compile backend: inductor (generates kernels), eager or '
+                                              'aot_eager (trace only: checks, not speed).', choices=COMPILE_BACKENDS)
+    kept_token_buckets: tuple[int, ...] = _param((), 'Pad the kept visual tokens up to the next of these counts '
+                                                     '(static shapes for compiled graphs; results unchanged). Empty: '
+                                                     'none, or the CUDA-graph default with compile_mode '
+                                                     'reduce-overhead.', element='integer')
+    sdpa_backend: str = _param('auto', 'Attention kernel: auto (torch picks), math, flash, efficient or cudnn (the '
+                                       'last two on CUDA only).', choices=SDPA_BACKENDS)
+    allocator: str = _param('default', 'Memory allocator: default, or heap (keep freed activations in glibc\'s '
+                                       'heap: faster CPU inference, same results).', choices=ALLOCATORS)
     pruning: str = _param('lightvla', 'Visual-token pruning: lightvla, lightvla_star (checkpoints with learnable '
                                       'queries) or none. Changeable at run time.', runtime=True,
                           choices=PRUNING_METHODS)
@@ -176,7 +202,9 @@ class NodeConfig:
             max_kept_tokens=self.max_kept_tokens or None, unnorm_key=self.unnorm_key or None,
             center_crop=self.center_crop, preprocessing=self.preprocessing, readout=self.readout,
             num_images=self.num_cameras,
-            cpu_threads=self.cpu_threads, warmup=self.warmup)
+            cpu_threads=self.cpu_threads, warmup=self.warmup, quantize=self.quantize, compile_mode=self.compile_mode,
+            compile_backend=self.compile_backend, kept_token_buckets=self.kept_token_buckets,
+            sdpa_backend=self.sdpa_backend, allocator=self.allocator)
 
     def problem(self) -> str:
         """Why this configuration cannot work, or '' (checked at configure, before loading)."""

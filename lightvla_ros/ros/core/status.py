@@ -314,7 +314,10 @@ def inference_status(latency_ms: RollingWindow, budget_ms: float, now: float, de
         return StatusReport(WARN, f'p95 latency {summary["p95"]:.0f} ms exceeds the chunk budget '
                                   f'{budget_ms:.0f} ms; chunks arrive after they run out', values)
     if not summary:
-        return StatusReport(OK, f'no inference yet ({waiting_reason or "idle"})', values)
+        if not waiting_reason:
+            return StatusReport(OK, 'no inference yet', values)
+        waiting = waiting_reason if waiting_reason.startswith('waiting') else f'waiting for {waiting_reason}'
+        return StatusReport(OK, f'no inference yet: {waiting}', values)
     return StatusReport(OK, f'p50 {summary["p50"]:.0f} ms, p95 {summary["p95"]:.0f} ms', values)
 
 
