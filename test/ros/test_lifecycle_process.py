@@ -3,6 +3,7 @@ services (what `ros2 lifecycle set` calls) and signals (what `ros2 launch` and p
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import subprocess
@@ -81,6 +82,14 @@ def heavy_checkpoint(tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp('heavy') / 'ckpt', seed=0, hidden=640, layers=8)
 
 
+def float32_weights_mib(checkpoint: Path) -> float:
+    """Size of the checkpoint's LLM/vision weights as the node holds them on the CPU (float32)."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint / 'model.safetensors'), framework='np') as weights:
+        return sum(4 * math.prod(weights.get_slice(name).get_shape()) for name in weights.keys()) / 2**20
+
+
 def test_lifecycle_services_drive_the_node_and_cleanup_releases_the_model(tmp_path, heavy_checkpoint):
     log = tmp_path / 'node.log'
     proc = start_node(log, *NODE_ARGS, '-p', f'checkpoint:={heavy_checkpoint}', '-p', 'autostart:=false',
@@ -111,7 +120,9 @@ def test_lifecycle_services_drive_the_node_and_cleanup_releases_the_model(tmp_pa
         cleaned = rss_mib(proc.pid)
         print(f'node RSS: {unconfigured:.0f} MiB unconfigured, {configured:.0f} MiB configured, '
               f'{cleaned:.0f} MiB after cleanup')
-        assert configured - cleaned > 150  # the ~200 MB of weights went back to the system
+        weights_mib = float32_weights_mib(heavy_checkpoint)
+        # most of the weights go back to the system (seen: 59-79% on this machine; heap fragmentation keeps some)
+        assert configured - cleaned > 0.4 * weights_mib, (configured, cleaned, weights_mib)
         assert lifecycle.set('shutdown') and lifecycle.state() == 'finalized'
         assert proc.poll() is None  # a finalized node waits to be stopped
     finally:
