@@ -32,7 +32,6 @@ class PolicySettings:
     readout: str = "last"
     num_images: int | None = None
     cpu_threads: int = 0
-    warmup: bool = True
     quantize: str = "none"
     compile_mode: str = "none"
     compile_backend: str = "inductor"

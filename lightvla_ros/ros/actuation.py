@@ -21,7 +21,6 @@ from lightvla_ros.ros import messages
 from lightvla_ros.ros.core import chunks as chunk_math
 from lightvla_ros.ros.core.params import NodeConfig
 from lightvla_ros.ros.core.scheduler import ChunkScheduler, SchedulerSettings
-from lightvla_ros.ros.core.stats import ActionCounters
 
 PublisherFactory = Callable[[Any, str], Any]  # (message type, topic) -> publisher
 StampFn = Callable[[], Any]  # -> builtin_interfaces/Time of now
@@ -37,10 +36,9 @@ def scheduler_settings(cfg: NodeConfig) -> SchedulerSettings:
 class Actuator(ABC):
     """The actuation of one action space. Thread-safe: the worker executes chunks, the executor ticks."""
 
-    def __init__(self, make_publisher: PublisherFactory, config: Callable[[], NodeConfig], counters: ActionCounters,
+    def __init__(self, make_publisher: PublisherFactory, config: Callable[[], NodeConfig],
                  now: ClockFn, now_stamp: StampFn) -> None:
         self._config = config
-        self._counters = counters
         self._now = now
         self._now_stamp = now_stamp
         self.scheduler = ChunkScheduler(scheduler_settings(config()))
@@ -71,7 +69,6 @@ class Actuator(ABC):
         if not self._config().publish_actions:
             executable = self.scheduler.executable_steps(len(chunk), obs_time, self._now())
             self._show_plan(chunk[len(chunk) - executable:], stamp)
-            self._counters.gated += 1
             return
         self.scheduler.merge(chunk, obs_time, self._now())
         plan = self.scheduler.plan()
@@ -91,7 +88,6 @@ class Actuator(ABC):
         gripper = self._config().gripper_index
         if gripper >= 0:
             self.publishers[0].publish(Float64(data=float(tick.row[gripper])))
-        self._counters.steps_streamed += 1
 
     def stop(self) -> None:
         """Drop queued steps and command a stop when anything was moving."""
@@ -121,9 +117,9 @@ class Actuator(ABC):
 class EefDeltaActuator(Actuator):
     """End-effector deltas (xyz, rotation vector, gripper) streamed as TwistStamped, the plan shown as a Path."""
 
-    def __init__(self, make_publisher: PublisherFactory, config: Callable[[], NodeConfig], counters: ActionCounters,
+    def __init__(self, make_publisher: PublisherFactory, config: Callable[[], NodeConfig],
                  now: ClockFn, now_stamp: StampFn) -> None:
-        super().__init__(make_publisher, config, counters, now, now_stamp)
+        super().__init__(make_publisher, config, now, now_stamp)
         self._twist = make_publisher(TwistStamped, 'ee_twist')
         self._path = make_publisher(Path, 'ee_path')
         self.publishers += [self._twist, self._path]
@@ -156,9 +152,9 @@ class EefDeltaActuator(Actuator):
 class JointActuator(Actuator):
     """Joint positions of the first action dimensions sent as one JointTrajectory per chunk; holds on stop."""
 
-    def __init__(self, make_publisher: PublisherFactory, config: Callable[[], NodeConfig], counters: ActionCounters,
+    def __init__(self, make_publisher: PublisherFactory, config: Callable[[], NodeConfig],
                  now: ClockFn, now_stamp: StampFn, measured_joints: Callable[[list[str]], list[float] | None]) -> None:
-        super().__init__(make_publisher, config, counters, now, now_stamp)
+        super().__init__(make_publisher, config, now, now_stamp)
         self._trajectory = make_publisher(JointTrajectory, 'joint_trajectory')
         self._measured_joints = measured_joints
         self.publishers.append(self._trajectory)
@@ -194,10 +190,10 @@ class JointActuator(Actuator):
                                                          cfg.dt, self._now_stamp()))
 
 
-def make_actuator(config: Callable[[], NodeConfig], make_publisher: PublisherFactory, counters: ActionCounters,
+def make_actuator(config: Callable[[], NodeConfig], make_publisher: PublisherFactory,
                   now: ClockFn, now_stamp: StampFn,
                   measured_joints: Callable[[list[str]], list[float] | None]) -> Actuator:
     """The actuator of the configured action space."""
     if config().action_space == 'joint':
-        return JointActuator(make_publisher, config, counters, now, now_stamp, measured_joints)
-    return EefDeltaActuator(make_publisher, config, counters, now, now_stamp)
+        return JointActuator(make_publisher, config, now, now_stamp, measured_joints)
+    return EefDeltaActuator(make_publisher, config, now, now_stamp)

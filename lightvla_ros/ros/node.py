@@ -100,10 +100,6 @@ class LightVLANode(LifecycleNode):
     # ------------------------------------------------------------------ state seen from outside
 
     @property
-    def config(self) -> NodeConfig:
-        return self._params.config
-
-    @property
     def model_state(self) -> str:
         """unconfigured, loading, ready or failed."""
         return self._health.model.state
@@ -133,8 +129,8 @@ class LightVLANode(LifecycleNode):
             self._fail_model('unconfigured' if not cfg.checkpoint else 'failed', problem)
             return FAILURE
         self._endpoints = Endpoints(self, cfg, self._on_image, self._on_instruction, self._inputs.on_state)
-        self._actuator = make_actuator(lambda: self._params.config, self._endpoints.publisher, self._health.actions,
-                                       self._now, self._stamp_now, self._health.state.measured_joints)
+        self._actuator = make_actuator(lambda: self._params.config, self._endpoints.publisher, self._now,
+                                       self._stamp_now, self._health.state.measured_joints)
         self._publisher = ChunkPublisher(self.get_name(), self._endpoints, self._actuator, self._health,
                                          lambda: self._params.config, self._now, self._stamp_now, self.get_logger())
         self._endpoints.active_instruction.publish(String(data=''))

@@ -202,7 +202,7 @@ class NodeConfig:
             max_kept_tokens=self.max_kept_tokens or None, unnorm_key=self.unnorm_key or None,
             center_crop=self.center_crop, preprocessing=self.preprocessing, readout=self.readout,
             num_images=self.num_cameras,
-            cpu_threads=self.cpu_threads, warmup=self.warmup, quantize=self.quantize, compile_mode=self.compile_mode,
+            cpu_threads=self.cpu_threads, quantize=self.quantize, compile_mode=self.compile_mode,
             compile_backend=self.compile_backend, kept_token_buckets=self.kept_token_buckets,
             sdpa_backend=self.sdpa_backend, allocator=self.allocator)
 

@@ -66,8 +66,6 @@ class ActionCounters:
     stale: int = 0
     discarded_epoch: int = 0
     trimmed_steps_last: int = 0
-    steps_streamed: int = 0
-    gated: int = 0
     last_published_at: float | None = None
     last_fresh_at: float | None = None  # last chunk with steps left to execute
     last_stale_at: float | None = None  # last chunk whose steps had all elapsed

@@ -361,7 +361,6 @@ def actions_status(counters: ActionCounters, now: float, publish_actions: bool,
               ('chunks too late to execute (all steps elapsed)', str(counters.stale)),
               ('results discarded (instruction changed)', str(counters.discarded_epoch)),
               ('steps trimmed last', str(counters.trimmed_steps_last)),
-              ('steps streamed', str(counters.steps_streamed)),
               ('time since last chunk (s)', _fmt(since, 2))]
     if counters.nonfinite_since_last_good:
         return StatusReport(ERROR, 'model produced non-finite actions; chunk not published',
