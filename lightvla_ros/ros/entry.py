@@ -50,20 +50,21 @@ def stop_requested() -> bool:
     return _STOP.requested
 
 
-def spin_node(make_node: Callable[[], Node], args: list[str] | None = None, exit_process: bool = True) -> None:
+def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
     """Run the node built by ``make_node`` on a single-threaded executor (its own worker threads do the heavy work).
 
     SIGINT and SIGTERM are handled here rather than by rclpy: rclpy's handler shuts the context down at once, so a
     worker thread still publishing would log errors, and a lifecycle node could no longer stop the robot. Instead
     the node is first taken through its shutdown transition (stop motion, release the model) with the context
     still valid, then destroyed, then the context is shut down. A signal that arrives during a transition (say,
-    while the model loads) takes effect when the transition ends; a second signal stops at once. With
-    ``exit_process`` (the entry points) the process then exits at once with status 0.
+    while the model loads) takes effect when the transition ends; a second signal stops at once. The process then
+    exits at once with status 0: this is the ``main()`` of the package's nodes.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = _STOP
     stop.requested_at = None
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
     node = make_node()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -86,14 +87,11 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None = None, exit
             signal.signal(sig, signal.SIG_IGN)
         node.destroy_node()
         rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if exit_process:
-        # Everything is stopped and released; finalizing the interpreter (torch, transformers: seconds of garbage
-        # collection) would only risk ros2 launch's SIGTERM escalation after its 5 s grace period.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    # Everything is stopped and released; finalizing the interpreter (torch, transformers: seconds of garbage
+    # collection) would only risk ros2 launch's SIGTERM escalation after its 5 s grace period.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def lifecycle_state(node: LifecycleNode) -> str:
