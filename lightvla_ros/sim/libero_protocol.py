@@ -10,19 +10,20 @@ preprocessing, not part of this protocol.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from lightvla_ros.model.errors import InputError
+from lightvla_ros.ros.core.scheduler import ChunkScheduler, SchedulerSettings
 
 SETTLE_STEPS = 10  # no-op steps after each reset so that the objects come to rest; the policy does not see them
 ENV_IMAGE_SIZE = 256  # camera resolution the evaluation renders at
 ENV_SEED = 0  # the authors seed every env with 0: it moves objects even with a fixed initial state
 TRIALS_PER_TASK = 50
 NOOP_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # no motion, gripper open (the env opens on -1)
+CONTROL_PERIOD = 0.05  # s per env step: LIBERO controls at 20 Hz
 CAMERA_KEYS = ("agentview_image", "robot0_eye_in_hand_image")  # the policy's order: third-person, then wrist
 
 
@@ -100,32 +101,37 @@ class EpisodeResult:
 
 
 def run_episode(env: Any, initial_state: Any, act: Callable[[list[np.ndarray], np.ndarray], np.ndarray], max_steps: int,
-                on_frame: Callable[[np.ndarray], None] | None = None) -> EpisodeResult:
+                on_frame: Callable[[np.ndarray], None] | None = None, execution_mode: str = "open_loop",
+                dt: float = CONTROL_PERIOD) -> EpisodeResult:
     """One episode as the authors run it: reset, set the initial state, ``SETTLE_STEPS`` no-op steps, then up to
-    ``max_steps`` policy steps. ``act(frames, state)`` returns a chunk of model actions (T, 7); the whole chunk is
-    executed open-loop before the next query. Success is the env reporting done. ``on_frame`` sees the rotated
-    third-person frame of every policy step (for the video).
+    ``max_steps`` policy steps. ``act(frames, state)`` returns a chunk of model actions (T, 7). Success is the env
+    reporting done. ``on_frame`` sees the rotated third-person frame of every policy step (for the video).
+
+    ``execution_mode`` says how chunks follow each other (the node's modes, :mod:`lightvla_ros.ros.core.scheduler`);
+    ``open_loop``, the authors' choice, executes each whole chunk before the next query. The simulator stands still
+    while the policy runs, so the modes are compared without latency: step ``k`` happens at ``k * dt``.
 
     ``env`` needs LIBERO's ``reset()``, ``set_init_state(state) -> obs`` and ``step(list) -> (obs, reward, done,
     info)``; ``reset`` must come first or the previous episode's controller state leaks into this one.
     """
+    scheduler = ChunkScheduler(SchedulerSettings(dt=dt, mode=execution_mode))
     env.reset()
     obs = env.set_init_state(initial_state)
     for _ in range(SETTLE_STEPS):
         obs, _, _, _ = env.step(list(NOOP_ACTION))
-    pending: deque[np.ndarray] = deque()
     queries = 0
     for step in range(1, max_steps + 1):
+        now = step * dt
         frames = camera_frames(obs)
         if on_frame is not None:
             on_frame(frames[0])
-        if not pending:
+        if scheduler.wants_inference():
             chunk = np.asarray(act(frames, robot_state(obs)), dtype=np.float64)
             if chunk.ndim != 2 or chunk.shape[0] == 0 or chunk.shape[1] != len(NOOP_ACTION):
                 raise InputError(f"the policy returned actions of shape {chunk.shape}; LIBERO needs a chunk (T >= 1, 7)")
-            pending.extend(chunk)
+            scheduler.merge(chunk, now, now)
             queries += 1
-        obs, _, done, _ = env.step(env_action(pending.popleft()).tolist())
+        obs, _, done, _ = env.step(env_action(scheduler.tick(now).row).tolist())
         if done:
             return EpisodeResult(True, step, queries)
     return EpisodeResult(False, max_steps, queries)

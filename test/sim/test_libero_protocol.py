@@ -152,3 +152,18 @@ def test_episode_succeeds_on_the_step_the_env_reports_done():
 def test_episode_refuses_a_policy_that_returns_no_chunk():
     with pytest.raises(InputError, match=r"shape \(0,\)"):
         run_episode(ScriptedEnv(), "init-0", lambda frames, state: [], max_steps=5)
+
+
+def test_replace_mode_queries_every_step_and_executes_the_first_row_of_each_chunk():
+    env, queries = ScriptedEnv(), []
+    result = run_episode(env, "init-0", chunk_policy(queries), max_steps=5, execution_mode="replace")
+    executed = np.array(env.commands[SETTLE_STEPS:])
+    assert result.queries == 5 and executed[:, 0].tolist() == [1, 2, 3, 4, 5] and executed[:, 1].tolist() == [0] * 5
+
+
+def test_temporal_ensemble_averages_every_prediction_for_a_step():
+    env, queries = ScriptedEnv(), []
+    run_episode(env, "init-0", chunk_policy(queries), max_steps=3, execution_mode="temporal_ensemble")
+    executed = np.array(env.commands[SETTLE_STEPS:])
+    # step 2 was predicted by chunk 1 (its row 1) and chunk 2 (its row 0): the weighted mean of ids 1 and 2
+    assert executed[0, 0] == 1 and 1 < executed[1, 0] < 2 and 1 < executed[2, 0] < 3

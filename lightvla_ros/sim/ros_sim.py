@@ -1,0 +1,263 @@
+"""LIBERO as a ROS 2 robot: the ``lightvla_libero_sim`` node and the ``node`` backend of ``lightvla eval-libero``.
+
+The simulator runs in lockstep with sim time, the way the authors evaluate: it publishes ``/clock``, the robot state
+(``sensor_msgs/JointState``, stamped) and both cameras (``sensor_msgs/Image``, rotated 180 degrees as the training data
+is, stamped), then waits for the ``action_chunk`` whose ``chunk_info`` names that observation's stamp, and executes it
+like a chunk-executing robot driver: one env step per control period, ``/clock`` advancing by ``dt`` each step, no
+physics while the model runs. ``lightvla_node`` needs nothing LIBERO-specific: it runs on ``use_sim_time`` with the
+parameters of :func:`node_parameters`, with ``publish_actions`` off (only ``action_chunk`` is executed here).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import rclpy
+import yaml
+from diagnostic_msgs.msg import DiagnosticStatus
+from lifecycle_msgs.srv import GetState
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray, String
+
+from lightvla_ros.model.errors import LightVLAError
+from lightvla_ros.sim.evaluation import Query
+from lightvla_ros.sim.libero_protocol import CONTROL_PERIOD
+
+# The 8-d model state by name: eef position, eef orientation as axis-angle, gripper finger joints.
+STATE_NAMES = ("eef_pos_x", "eef_pos_y", "eef_pos_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
+               "gripper_finger_left", "gripper_finger_right")
+CAMERA_TOPICS = ("agentview/image_raw", "wrist/image_raw")  # third-person first, then wrist: the policy's order
+CAMERA_FRAMES = ("agentview_camera", "eye_in_hand_camera")
+STATE_TOPIC = "robot_state"
+CLOCK_START_S = 1.0  # sim time 0 means "no clock yet" to ROS 2
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+def node_parameters(checkpoint: str, unnorm_key: str, device: str, dtype: str, pruning: str = "lightvla",
+                    cpu_threads: int = 0) -> dict[str, Any]:
+    """``lightvla_node`` parameters for this simulator: sim time, its topics, the 8 named state entries, the authors'
+    image chain (centre crop), the state matched to the frames of the same step (``sync_tolerance`` below ``dt``),
+    and no actuation topics (this driver executes ``action_chunk``)."""
+    return {
+        "checkpoint": checkpoint, "unnorm_key": unnorm_key, "device": device, "dtype": dtype, "pruning": pruning,
+        "cpu_threads": cpu_threads, "use_sim_time": True, "center_crop": True, "preprocessing": "auto",
+        "camera_topics": list(CAMERA_TOPICS), "camera_types": ["raw", "raw"],
+        "state_source": "joint_states", "state_topic": STATE_TOPIC, "state_joint_names": list(STATE_NAMES),
+        "missing_state": "wait", "sync_tolerance": CONTROL_PERIOD / 5, "dt": CONTROL_PERIOD,
+        "execution_mode": "open_loop", "publish_actions": False, "debug_image": False,
+    }
+
+
+def _stamp(seconds: float) -> Any:
+    from builtin_interfaces.msg import Time
+
+    nanoseconds = round(seconds * 1e9)
+    return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+
+
+def _stamp_text(stamp: Any) -> str:
+    return f"{int(stamp.sec)}.{int(stamp.nanosec):09d}"
+
+
+class LiberoSimNode(Node):
+    """Publishes what the simulator sees and hands over the chunks ``lightvla_node`` computed for it."""
+
+    def __init__(self, namespace: str = "", dt: float = CONTROL_PERIOD, chunk_timeout_s: float = 600.0,
+                 republish_s: float = 2.0) -> None:
+        super().__init__("lightvla_libero_sim", namespace=namespace)
+        self.dt = dt
+        self.chunk_timeout_s = chunk_timeout_s
+        self.republish_s = republish_s
+        self.now = CLOCK_START_S
+        self._clock = self.create_publisher(Clock, "/clock", 10)
+        self._cameras = [self.create_publisher(Image, topic, 2) for topic in CAMERA_TOPICS]
+        self._state = self.create_publisher(JointState, STATE_TOPIC, 10)
+        self._instruction = self.create_publisher(String, "instruction", RELIABLE)
+        self._cond = threading.Condition()
+        self._chunks: deque[np.ndarray] = deque()
+        self._infos: deque[dict[str, str]] = deque()
+        self.mispaired = 0
+        self.create_subscription(Float32MultiArray, "action_chunk", self._on_chunk, RELIABLE)
+        self.create_subscription(DiagnosticStatus, "chunk_info", self._on_info, RELIABLE)
+        self.instruction = ""
+        self.publish_clock()
+
+    # ------------------------------------------------------------------ what the robot publishes
+
+    def publish_clock(self) -> None:
+        self._clock.publish(Clock(clock=_stamp(self.now)))
+
+    def advance(self) -> None:
+        """One control period of physics happened."""
+        self.now += self.dt
+        self.publish_clock()
+
+    def set_instruction(self, text: str) -> None:
+        self.instruction = text
+        self._instruction.publish(String(data=text))
+
+    def observe(self, frames: Sequence[np.ndarray], state: np.ndarray) -> str:
+        """Publish the state, then both frames, stamped now; returns the stamp as ``chunk_info`` writes it."""
+        stamp = _stamp(self.now)
+        joint_state = JointState(name=list(STATE_NAMES), position=[float(v) for v in state])
+        joint_state.header.stamp = stamp
+        self._state.publish(joint_state)
+        for publisher, frame, frame_id in zip(self._cameras, frames, CAMERA_FRAMES):
+            pixels = np.ascontiguousarray(frame, dtype=np.uint8)
+            msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding="rgb8", step=pixels.shape[1] * 3,
+                        data=pixels.tobytes())
+            msg.header.stamp, msg.header.frame_id = stamp, frame_id
+            publisher.publish(msg)
+        return _stamp_text(stamp)
+
+    # ------------------------------------------------------------------ what it receives
+
+    def _on_chunk(self, msg: Float32MultiArray) -> None:
+        dims = [d.size for d in msg.layout.dim]
+        chunk = np.asarray(msg.data, dtype=np.float32)
+        with self._cond:
+            self._chunks.append(chunk.reshape(dims) if len(dims) == 2 and chunk.size == dims[0] * dims[1] else chunk)
+            self._cond.notify_all()
+
+    def _on_info(self, msg: DiagnosticStatus) -> None:
+        with self._cond:
+            self._infos.append({kv.key: kv.value for kv in msg.values})
+            self._cond.notify_all()
+
+    def wait_chunk(self, stamp: str, republish: Any) -> tuple[np.ndarray, dict[str, str]]:
+        """The chunk computed from the observation stamped ``stamp``. Chunks for other observations are dropped;
+        ``republish()`` sends the observation again every ``republish_s`` (camera frames are best effort)."""
+        deadline = time.monotonic() + self.chunk_timeout_s
+        next_republish = time.monotonic() + self.republish_s
+        with self._cond:
+            while True:
+                while self._chunks and self._infos:
+                    chunk, info = self._chunks.popleft(), self._infos.popleft()
+                    if chunk.shape != (int(info.get("steps", -1)), int(info.get("dims", -1))):
+                        self.mispaired += 1  # a chunk without its info (joined mid-stream): realign on the next
+                        self._chunks.clear()
+                        continue
+                    if info.get("obs_stamp") == stamp:
+                        return chunk, info
+                now = time.monotonic()
+                if now >= deadline:
+                    raise LightVLAError(f"no action chunk for the observation at sim time {stamp} within "
+                                        f"{self.chunk_timeout_s:.0f} s; is lightvla_node active, on use_sim_time, "
+                                        "with an instruction?")
+                if now >= next_republish:
+                    republish()
+                    next_republish = now + self.republish_s
+                self._cond.wait(min(deadline, next_republish) - now)
+
+
+class NodeBackend:
+    """Chunks from ``lightvla_node`` through its topics (see the module docstring)."""
+
+    name = "node"
+
+    def __init__(self, sim: LiberoSimNode) -> None:
+        self._sim = sim
+        self._queries: list[Query] = []
+
+    def start_task(self, instruction: str) -> None:
+        self._sim.set_instruction(instruction)
+
+    def act(self, frames: list[np.ndarray], state: np.ndarray) -> np.ndarray:
+        sim = self._sim
+        start = time.perf_counter()
+
+        def send() -> str:
+            sim.set_instruction(sim.instruction)  # a node started after the task began has not heard it yet
+            return sim.observe(frames, state)
+
+        stamp = send()
+        chunk, info = sim.wait_chunk(stamp, send)
+        round_trip_ms = (time.perf_counter() - start) * 1000.0
+        self._queries.append(Query(chunk, float(info.get("latency_ms", "nan")), round_trip_ms,
+                                   int(info.get("kept_tokens", 0)), int(info.get("total_tokens", 0))))
+        return chunk
+
+    def env_stepped(self) -> None:
+        self._sim.advance()
+
+    def take_queries(self) -> list[Query]:
+        queries, self._queries = self._queries, []
+        return queries
+
+
+class SpinThread:
+    """rclpy initialised and ``node`` spun in a background thread while the caller drives the simulator."""
+
+    def __init__(self, node_factory: Any, args: list[str] | None = None) -> None:
+        rclpy.init(args=args)
+        self.node = node_factory()
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True, name="libero-sim-spin")
+        self._thread.start()
+
+    def close(self) -> None:
+        self._executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+        self._thread.join(timeout=5.0)
+
+
+class NodeProcess:
+    """A ``lightvla_node`` started for the evaluation, with its parameters in a file beside the results."""
+
+    def __init__(self, parameters: dict[str, Any], namespace: str, params_file: Path, log_file: Path) -> None:
+        params_file.parent.mkdir(parents=True, exist_ok=True)
+        params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": parameters}}, sort_keys=False))
+        self.namespace = namespace
+        self.log_file = log_file
+        self._log = open(log_file, "w", encoding="utf-8")
+        command = [sys.executable, "-m", "lightvla_ros.ros.node", "--ros-args", "--params-file", str(params_file)]
+        if namespace:
+            command += ["-r", f"__ns:={namespace}"]
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+    def wait_active(self, client_node: Node, timeout_s: float) -> None:
+        """Until the node reports the lifecycle state ``active`` (model loaded and warmed up)."""
+        service = f"{self.namespace.rstrip('/')}/lightvla_node/get_state"
+        client = client_node.create_client(GetState, service)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise LightVLAError(f"lightvla_node exited with status {self.process.returncode} while starting; "
+                                        f"its log: {self.log_file}")
+                if client.wait_for_service(timeout_sec=0.5):
+                    future = client.call_async(GetState.Request())
+                    end = time.monotonic() + 5.0
+                    while not future.done() and time.monotonic() < end:
+                        time.sleep(0.02)
+                    if future.done() and future.result() is not None and future.result().current_state.label == "active":
+                        return
+                time.sleep(0.5)
+        finally:
+            client_node.destroy_client(client)
+        raise LightVLAError(f"lightvla_node did not become active within {timeout_s:.0f} s; its log: {self.log_file}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGINT (the node's clean shutdown), then SIGKILL."""
+        if self.process.poll() is None:
+            self.process.send_signal(2)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
