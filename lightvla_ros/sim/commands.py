@@ -38,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser, with_backend: bool = True) -> None
     p.add_argument("--execution-mode", default="open_loop", choices=EXECUTION_MODES,
                    help="how chunks are executed: open_loop is the authors' protocol (whole chunks); the others as the "
                         "node's execution_mode, without latency (the simulator waits for the model)")
+    p.add_argument("--drive", default="chunk", choices=("chunk", "stream"),
+                   help="chunk: the simulator executes each chunk, standing still while the model runs (the authors' "
+                        "protocol); stream (node backend): it runs on at --real-time-factor and executes lightvla_node's "
+                        "twist and gripper stream under the node's --execution-mode, latency included")
+    p.add_argument("--real-time-factor", type=float, default=1.0, help="stream: sim seconds per wall second at most")
     p.add_argument("--video", default="first", choices=VIDEO_CHOICES, help="which episodes of each task are recorded "
                    "(mp4 of the rotated third-person view, plus a frame strip)")
     p.add_argument("--out", help="results folder (default: libero_eval/<suite>-<backend>-<time>)")
@@ -53,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser, with_backend: bool = True) -> None
         p.add_argument("--namespace", default="", help="node backend: ROS namespace of lightvla_node and the simulator")
         p.add_argument("--node-timeout", type=float, default=900.0, help="node backend: seconds for lightvla_node to "
                        "load the model and become active")
+    p.add_argument("--unnorm-key", help="dataset statistics key (default: the suite's, as the authors pick it: "
+                   "<suite>, else <suite>_no_noops)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     p.add_argument("--pruning", default="lightvla", choices=PRUNING_METHODS)
@@ -84,11 +91,11 @@ def cmd_eval_libero(args: argparse.Namespace, attach_ros_args: list[str] | None 
     if missing:
         raise LightVLAError(missing)
     libero_env.prepare_rendering()
-    key = _statistics_key(args.checkpoint, args.suite) if args.checkpoint else ""
+    key = args.unnorm_key or (_statistics_key(args.checkpoint, args.suite) if args.checkpoint else "")
     out = Path(args.out or f"libero_eval/{args.suite}-{args.backend}-{time.strftime('%Y%m%d-%H%M%S')}")
     settings = EvalSettings(suite=args.suite, out=out, tasks=args.tasks, episodes=args.episodes,
                             max_steps=args.max_steps, seed=args.seed, video=args.video,
-                            execution_mode=args.execution_mode, backend=args.backend)
+                            execution_mode=args.execution_mode, backend=args.backend, drive=args.drive)
     extra = {"checkpoint": args.checkpoint or "(the running lightvla_node's)", "unnorm_key": key,
              "device": args.device, "dtype": args.dtype, "pruning": args.pruning, "resolution": args.resolution}
 
@@ -126,18 +133,21 @@ def _evaluate_through_node(args: argparse.Namespace, settings: EvalSettings, ope
     except ImportError as exc:
         raise LightVLAError(f"--backend node needs rclpy ({exc}): source a ROS 2 install or `pip install -e '.[ros]'`")
     settings.out.mkdir(parents=True, exist_ok=True)
-    spin = ros_sim.SpinThread(lambda: ros_sim.LiberoSimNode(args.namespace, chunk_timeout_s=args.chunk_timeout),
-                              ros_args)
+    if args.real_time_factor <= 0:
+        raise LightVLAError("--real-time-factor must be positive")
+    spin = ros_sim.SpinThread(lambda: ros_sim.LiberoSimNode(args.namespace, chunk_timeout_s=args.chunk_timeout,
+                                                            real_time_factor=args.real_time_factor), ros_args)
     node = None
     try:
         if not args.attach:
             parameters = ros_sim.node_parameters(args.checkpoint, key, args.device, args.dtype, args.pruning,
-                                                 args.cpu_threads)
+                                                 args.cpu_threads, args.drive, args.execution_mode)
             node = ros_sim.NodeProcess(parameters, args.namespace, settings.out / "lightvla_node.yaml",
                                        settings.out / "lightvla_node.log")
             print(f"starting lightvla_node (log: {node.log_file})", file=sys.stderr)
             node.wait_active(spin.node, args.node_timeout)
-        return evaluate(settings, open_task, ros_sim.NodeBackend(spin.node), num_tasks, extra, not args.no_progress)
+        return evaluate(settings, open_task, ros_sim.NodeBackend(spin.node, args.drive), num_tasks, extra,
+                        not args.no_progress)
     finally:
         if node is not None:
             node.stop()

@@ -21,9 +21,12 @@ import numpy as np
 
 from lightvla_ros.contract import Policy
 from lightvla_ros.model.errors import InputError
-from lightvla_ros.sim.libero_protocol import CONTROL_PERIOD, TRIALS_PER_TASK, run_episode, suite
+from lightvla_ros.sim.libero_protocol import CONTROL_PERIOD, TRIALS_PER_TASK, run_episode, run_streamed_episode, suite
 
 VIDEO_CHOICES = ("first", "all", "none")
+# chunk: the simulator executes each chunk the model returns, standing still while it runs (the authors' protocol);
+# stream: the simulator runs on at its own pace and executes lightvla_node's twist and gripper stream (node backend)
+DRIVE_CHOICES = ("chunk", "stream")
 STRIP_FRAMES = 8
 
 
@@ -40,6 +43,7 @@ class EvalSettings:
     video: str = "first"  # first | all | none: which episodes of each task are recorded
     execution_mode: str = "open_loop"
     backend: str = "policy"
+    drive: str = "chunk"
 
     def __post_init__(self) -> None:
         suite(self.suite)
@@ -49,6 +53,10 @@ class EvalSettings:
             raise InputError("--max-steps must be at least 1")
         if self.video not in VIDEO_CHOICES:
             raise InputError(f"--video must be one of {', '.join(VIDEO_CHOICES)}")
+        if self.drive not in DRIVE_CHOICES:
+            raise InputError(f"--drive must be one of {', '.join(DRIVE_CHOICES)}")
+        if self.drive == "stream" and self.backend != "node":
+            raise InputError("--drive stream executes lightvla_node's twist stream: it needs --backend node")
 
     @property
     def step_budget(self) -> int:
@@ -61,7 +69,7 @@ class Query:
 
     chunk: np.ndarray  # (T, 7), as executed
     latency_ms: float  # the model's inference time
-    round_trip_ms: float  # from handing over the observation to holding the chunk
+    round_trip_ms: float | None  # from handing over the observation to holding the chunk (None: nobody waited)
     kept_tokens: int
     total_tokens: int
 
@@ -79,6 +87,10 @@ class Backend(Protocol):
 
     def env_stepped(self) -> None:
         """The simulator advanced one control period (settle steps included)."""
+
+    def stream_command(self, frames: list[np.ndarray], state: np.ndarray) -> np.ndarray:
+        """``--drive stream``: publish the observation, wait out the control period, return the env command (7,) the
+        robot driver holds (backends that cannot stream raise InputError)."""
 
     def take_queries(self) -> list[Query]:
         """The queries since the last call, oldest first."""
@@ -110,6 +122,9 @@ class PolicyBackend:
     def env_stepped(self) -> None:
         return None  # no clock to advance: the policy is called directly
 
+    def stream_command(self, frames: list[np.ndarray], state: np.ndarray) -> np.ndarray:
+        raise InputError("the policy backend returns chunks; --drive stream needs --backend node")
+
     def take_queries(self) -> list[Query]:
         queries, self._queries = self._queries, []
         return queries
@@ -129,7 +144,7 @@ class EpisodeRecord:
     queries: int
     latency_ms_mean: float
     latency_ms_max: float
-    round_trip_ms_mean: float
+    round_trip_ms_mean: float | None
     kept_tokens_mean: float
     total_tokens: int
     wall_s: float
@@ -168,8 +183,7 @@ class EvalReport:
             "wall_s": round(wall, 3),
             "policy_steps_per_s": round(steps / wall, 3) if wall else 0.0,
             "latency_ms_mean": round(statistics.fmean(latencies), 3) if latencies else None,
-            "round_trip_ms_mean": (round(statistics.fmean(r.round_trip_ms_mean for r in records if r.queries), 3)
-                                   if latencies else None),
+            "round_trip_ms_mean": _mean([r.round_trip_ms_mean for r in records if r.round_trip_ms_mean is not None]),
             "kept_tokens_mean": (round(statistics.fmean(r.kept_tokens_mean for r in records if r.queries), 2)
                                  if latencies else None),
         }
@@ -179,7 +193,8 @@ class EvalReport:
         lines = [f"# LIBERO {self.settings['suite']}: {summary['successes']}/{summary['episodes']} "
                  f"({100 * summary['success_rate']:.1f}%)", "",
                  f"backend {self.settings['backend']}, checkpoint `{self.settings.get('checkpoint', '')}`, "
-                 f"execution {self.settings['execution_mode']}, seed {self.settings['seed']}, "
+                 f"drive {self.settings['drive']}, execution {self.settings['execution_mode']}, "
+                 f"seed {self.settings['seed']}, "
                  f"{summary['policy_steps_per_s']} policy steps/s, mean inference {summary['latency_ms_mean']} ms, "
                  f"mean kept tokens {summary['kept_tokens_mean']}", "",
                  "| task | instruction | successes | rate |", "|---|---|---|---|"]
@@ -188,6 +203,10 @@ class EvalReport:
                          f"| {100 * task['success_rate']:.1f}% |")
         lines.append(f"| all | | {summary['successes']}/{summary['episodes']} | {100 * summary['success_rate']:.1f}% |")
         return "\n".join(lines) + "\n"
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(statistics.fmean(values), 3) if values else None
 
 
 def seed_everything(seed: int) -> None:
@@ -277,19 +296,25 @@ def _run_one(settings: EvalSettings, task: Any, episode: int, backend: Backend) 
     record_video = settings.video == "all" or (settings.video == "first" and episode == 0)
     recorder = VideoRecorder(settings.out / "videos" / f"{settings.suite}_task{task.task_id:02d}_ep{episode:03d}.mp4")
     counted = _SteppedEnv(task, backend.env_stepped)
+    on_frame = recorder.add if record_video else None
     start = time.perf_counter()
-    result = run_episode(counted, task.initial_state(episode), lambda frames, state: backend.act(frames, _wire(state)),
-                         settings.step_budget, on_frame=recorder.add if record_video else None,
-                         execution_mode=settings.execution_mode)
+    if settings.drive == "stream":
+        result = run_streamed_episode(counted, task.initial_state(episode),
+                                      lambda frames, state: backend.stream_command(frames, _wire(state)),
+                                      settings.step_budget, on_frame)
+    else:
+        result = run_episode(counted, task.initial_state(episode),
+                             lambda frames, state: backend.act(frames, _wire(state)), settings.step_budget, on_frame,
+                             settings.execution_mode)
     wall = time.perf_counter() - start
     queries = backend.take_queries()
     video = recorder.write() if record_video else None
     latencies = [q.latency_ms for q in queries] or [0.0]
     return EpisodeRecord(
         suite=settings.suite, task_id=task.task_id, task=task.name, instruction=task.instruction, episode=episode,
-        success=result.success, steps=result.steps, queries=result.queries,
+        success=result.success, steps=result.steps, queries=len(queries),
         latency_ms_mean=round(statistics.fmean(latencies), 3), latency_ms_max=round(max(latencies), 3),
-        round_trip_ms_mean=round(statistics.fmean([q.round_trip_ms for q in queries] or [0.0]), 3),
+        round_trip_ms_mean=_mean([q.round_trip_ms for q in queries if q.round_trip_ms is not None]),
         kept_tokens_mean=round(statistics.fmean([q.kept_tokens for q in queries] or [0]), 2),
         total_tokens=max([q.total_tokens for q in queries] or [0]), wall_s=round(wall, 3),
         env_steps_per_s=round(counted.steps / wall, 3) if wall else 0.0,

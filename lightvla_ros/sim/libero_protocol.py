@@ -24,6 +24,9 @@ ENV_SEED = 0  # the authors seed every env with 0: it moves objects even with a 
 TRIALS_PER_TASK = 50
 NOOP_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # no motion, gripper open (the env opens on -1)
 CONTROL_PERIOD = 0.05  # s per env step: LIBERO controls at 20 Hz
+# robosuite's OSC_POSE controller maps a command of +-1 to +-0.05 m and +-0.5 rad per step
+OSC_LINEAR_SCALE = 0.05
+OSC_ANGULAR_SCALE = 0.5
 CAMERA_KEYS = ("agentview_image", "robot0_eye_in_hand_image")  # the policy's order: third-person, then wrist
 
 
@@ -93,6 +96,14 @@ def env_action(action: np.ndarray) -> np.ndarray:
     return command
 
 
+def twist_command(linear: Sequence[float], angular: Sequence[float], gripper: float, dt: float = CONTROL_PERIOD) -> np.ndarray:
+    """What a robot driver makes of an end-effector twist (m/s, rad/s) held for ``dt`` and a model gripper value:
+    the env command (7,), motion clipped to the controller's +-1, the gripper as :func:`env_action` maps it."""
+    motion = np.concatenate([np.asarray(linear, dtype=np.float64) * dt / OSC_LINEAR_SCALE,
+                             np.asarray(angular, dtype=np.float64) * dt / OSC_ANGULAR_SCALE])
+    return env_action(np.append(np.clip(motion, -1.0, 1.0), float(gripper)))
+
+
 @dataclass(frozen=True)
 class EpisodeResult:
     success: bool
@@ -135,3 +146,22 @@ def run_episode(env: Any, initial_state: Any, act: Callable[[list[np.ndarray], n
         if done:
             return EpisodeResult(True, step, queries)
     return EpisodeResult(False, max_steps, queries)
+
+
+def run_streamed_episode(env: Any, initial_state: Any, command: Callable[[list[np.ndarray], np.ndarray], np.ndarray],
+                         max_steps: int, on_frame: Callable[[np.ndarray], None] | None = None) -> EpisodeResult:
+    """The episode with a robot driver in the loop instead of chunks: reset, initial state and settle steps as in
+    :func:`run_episode`, then at every step ``command(frames, state)`` gives the env command (7,) the driver holds
+    for this step (the policy runs elsewhere, at its own pace). ``queries`` is 0: the driver does not know them."""
+    env.reset()
+    obs = env.set_init_state(initial_state)
+    for _ in range(SETTLE_STEPS):
+        obs, _, _, _ = env.step(list(NOOP_ACTION))
+    for step in range(1, max_steps + 1):
+        frames = camera_frames(obs)
+        if on_frame is not None:
+            on_frame(frames[0])
+        obs, _, done, _ = env.step(np.asarray(command(frames, robot_state(obs)), dtype=np.float64).tolist())
+        if done:
+            return EpisodeResult(True, step, 0)
+    return EpisodeResult(False, max_steps, 0)

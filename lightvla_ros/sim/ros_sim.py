@@ -1,11 +1,16 @@
 """LIBERO as a ROS 2 robot: the ``lightvla_libero_sim`` node and the ``node`` backend of ``lightvla eval-libero``.
 
-The simulator runs in lockstep with sim time, the way the authors evaluate: it publishes ``/clock``, the robot state
-(``sensor_msgs/JointState``, stamped) and both cameras (``sensor_msgs/Image``, rotated 180 degrees as the training data
-is, stamped), then waits for the ``action_chunk`` whose ``chunk_info`` names that observation's stamp, and executes it
-like a chunk-executing robot driver: one env step per control period, ``/clock`` advancing by ``dt`` each step, no
-physics while the model runs. ``lightvla_node`` needs nothing LIBERO-specific: it runs on ``use_sim_time`` with the
-parameters of :func:`node_parameters`, with ``publish_actions`` off (only ``action_chunk`` is executed here).
+The simulator publishes ``/clock`` (one ``dt`` per env step), the robot state (``sensor_msgs/JointState``, stamped) and
+both cameras (``sensor_msgs/Image``, rotated 180 degrees as the training data is, stamped). It drives the robot in one
+of two ways, like two kinds of robot driver:
+
+* ``chunk`` (the authors' protocol, deterministic): it waits for the ``action_chunk`` whose ``chunk_info`` names the
+  observation's stamp and executes it, the clock standing still while the model runs. ``publish_actions`` stays off.
+* ``stream``: it steps on at ``real_time_factor`` and executes, at each step, the ``ee_twist`` and ``gripper`` commands
+  the node's own chunk scheduler streams (``publish_actions`` on, the node's ``execution_mode``), holding the last
+  twist for two periods and then stopping. The model's latency then costs robot time, as on real hardware.
+
+``lightvla_node`` needs nothing LIBERO-specific: it runs on ``use_sim_time`` with :func:`node_parameters`.
 """
 
 from __future__ import annotations
@@ -23,17 +28,18 @@ import numpy as np
 import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticStatus
+from geometry_msgs.msg import TwistStamped
 from lifecycle_msgs.srv import GetState
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32MultiArray, String
+from std_msgs.msg import Float32MultiArray, Float64, String
 
 from lightvla_ros.model.errors import LightVLAError
 from lightvla_ros.sim.evaluation import Query
-from lightvla_ros.sim.libero_protocol import CONTROL_PERIOD
+from lightvla_ros.sim.libero_protocol import CONTROL_PERIOD, twist_command
 
 # The 8-d model state by name: eef position, eef orientation as axis-angle, gripper finger joints.
 STATE_NAMES = ("eef_pos_x", "eef_pos_y", "eef_pos_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
@@ -46,17 +52,19 @@ RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durabili
 
 
 def node_parameters(checkpoint: str, unnorm_key: str, device: str, dtype: str, pruning: str = "lightvla",
-                    cpu_threads: int = 0) -> dict[str, Any]:
+                    cpu_threads: int = 0, drive: str = "chunk", execution_mode: str = "open_loop") -> dict[str, Any]:
     """``lightvla_node`` parameters for this simulator: sim time, its topics, the 8 named state entries, the authors'
-    image chain (centre crop), the state matched to the frames of the same step (``sync_tolerance`` below ``dt``),
-    and no actuation topics (this driver executes ``action_chunk``)."""
+    image chain (centre crop), the state matched to the frames of the same step (``sync_tolerance`` below ``dt``);
+    for ``chunk`` no actuation topics (``action_chunk`` is executed), for ``stream`` the twist stream of
+    ``execution_mode``."""
+    streamed = {"execution_mode": execution_mode, "publish_actions": True} if drive == "stream" else {}
     return {
         "checkpoint": checkpoint, "unnorm_key": unnorm_key, "device": device, "dtype": dtype, "pruning": pruning,
         "cpu_threads": cpu_threads, "use_sim_time": True, "center_crop": True, "preprocessing": "auto",
         "camera_topics": list(CAMERA_TOPICS), "camera_types": ["raw", "raw"],
         "state_source": "joint_states", "state_topic": STATE_TOPIC, "state_joint_names": list(STATE_NAMES),
         "missing_state": "wait", "sync_tolerance": CONTROL_PERIOD / 5, "dt": CONTROL_PERIOD,
-        "execution_mode": "open_loop", "publish_actions": False, "debug_image": False,
+        "execution_mode": "open_loop", "publish_actions": False, "debug_image": False, **streamed,
     }
 
 
@@ -75,9 +83,10 @@ class LiberoSimNode(Node):
     """Publishes what the simulator sees and hands over the chunks ``lightvla_node`` computed for it."""
 
     def __init__(self, namespace: str = "", dt: float = CONTROL_PERIOD, chunk_timeout_s: float = 600.0,
-                 republish_s: float = 2.0) -> None:
+                 republish_s: float = 2.0, real_time_factor: float = 1.0) -> None:
         super().__init__("lightvla_libero_sim", namespace=namespace)
         self.dt = dt
+        self.real_time_factor = real_time_factor
         self.chunk_timeout_s = chunk_timeout_s
         self.republish_s = republish_s
         self.now = CLOCK_START_S
@@ -91,6 +100,10 @@ class LiberoSimNode(Node):
         self.mispaired = 0
         self.create_subscription(Float32MultiArray, "action_chunk", self._on_chunk, RELIABLE)
         self.create_subscription(DiagnosticStatus, "chunk_info", self._on_info, RELIABLE)
+        self._twist: tuple[float, np.ndarray, np.ndarray] | None = None  # (stamp, linear, angular)
+        self._gripper = 1.0  # model convention: open until told otherwise
+        self.create_subscription(TwistStamped, "ee_twist", self._on_twist, RELIABLE)
+        self.create_subscription(Float64, "gripper", self._on_gripper, RELIABLE)
         self.instruction = ""
         self.publish_clock()
 
@@ -136,6 +149,33 @@ class LiberoSimNode(Node):
             self._infos.append({kv.key: kv.value for kv in msg.values})
             self._cond.notify_all()
 
+    def _on_twist(self, msg: TwistStamped) -> None:
+        linear, angular = msg.twist.linear, msg.twist.angular
+        with self._cond:
+            self._twist = (msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9,
+                           np.array([linear.x, linear.y, linear.z]), np.array([angular.x, angular.y, angular.z]))
+
+    def _on_gripper(self, msg: Float64) -> None:
+        with self._cond:
+            self._gripper = float(msg.data)
+
+    def held_command(self) -> np.ndarray:
+        """The env command a streaming driver executes now: the last twist unless it is older than two periods
+        (then no motion), and the last gripper command."""
+        with self._cond:
+            twist, gripper = self._twist, self._gripper
+        if twist is None or self.now - twist[0] > 2 * self.dt + 1e-9:
+            return twist_command(np.zeros(3), np.zeros(3), gripper, self.dt)
+        return twist_command(twist[1], twist[2], gripper, self.dt)
+
+    def drain_chunks(self) -> list[tuple[np.ndarray, dict[str, str]]]:
+        """Every (chunk, info) received and not yet taken (the ``stream`` driver's record of the queries)."""
+        pairs = []
+        with self._cond:
+            while self._chunks and self._infos:
+                pairs.append((self._chunks.popleft(), self._infos.popleft()))
+        return pairs
+
     def wait_chunk(self, stamp: str, republish: Any) -> tuple[np.ndarray, dict[str, str]]:
         """The chunk computed from the observation stamped ``stamp``. Chunks for other observations are dropped;
         ``republish()`` sends the observation again every ``republish_s`` (camera frames are best effort)."""
@@ -167,9 +207,11 @@ class NodeBackend:
 
     name = "node"
 
-    def __init__(self, sim: LiberoSimNode) -> None:
+    def __init__(self, sim: LiberoSimNode, drive: str = "chunk") -> None:
         self._sim = sim
+        self._drive = drive
         self._queries: list[Query] = []
+        self._next_step_at: float | None = None  # wall time of the next streamed step
 
     def start_task(self, instruction: str) -> None:
         self._sim.set_instruction(instruction)
@@ -192,7 +234,20 @@ class NodeBackend:
     def env_stepped(self) -> None:
         self._sim.advance()
 
+    def stream_command(self, frames: list[np.ndarray], state: np.ndarray) -> np.ndarray:
+        sim = self._sim
+        sim.observe(frames, state)
+        now = time.monotonic()
+        if self._next_step_at is None or self._next_step_at < now - sim.dt:  # a new episode, or the sim fell behind
+            self._next_step_at = now
+        self._next_step_at += sim.dt / sim.real_time_factor
+        time.sleep(max(0.0, self._next_step_at - time.monotonic()))
+        return sim.held_command()
+
     def take_queries(self) -> list[Query]:
+        if self._drive == "stream":  # every chunk the node published is a query (no round trip: nobody waited)
+            self._queries += [Query(chunk, float(info.get("latency_ms", "nan")), None, int(info.get("kept_tokens", 0)),
+                                    int(info.get("total_tokens", 0))) for chunk, info in self._sim.drain_chunks()]
         queries, self._queries = self._queries, []
         return queries
 

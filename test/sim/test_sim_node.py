@@ -61,6 +61,9 @@ class Recording:
     def env_stepped(self):
         self.backend.env_stepped()
 
+    def stream_command(self, frames, state):
+        return self.backend.stream_command(frames, state)
+
     def take_queries(self):
         queries = self.backend.take_queries()
         self.queries += queries
@@ -126,3 +129,64 @@ def test_only_the_chunk_for_the_observation_waited_for_is_executed(node_backend)
             sim.wait_chunk("1.000000000", lambda: None)
     finally:
         sim.chunk_timeout_s = saved
+
+
+def test_the_packaged_parameter_file_is_what_eval_libero_starts_the_node_with():
+    import yaml
+
+    from lightvla_ros.sim.ros_sim import node_parameters
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "libero_sim.yaml").read_text())
+    assert shipped["/**/lightvla_node"]["ros__parameters"] == node_parameters("", "", "auto", "auto")
+
+
+def set_node_parameters(sim, **values) -> None:
+    """``ros2 param set`` on the running lightvla_node (its run-time parameters)."""
+    import time
+
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    client = AsyncParameterClient(sim, "lightvla_node")
+    assert client.wait_for_services(timeout_sec=10.0)
+    future = client.set_parameters([Parameter(name, value=value) for name, value in values.items()])
+    deadline = time.monotonic() + 10.0
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert future.done() and all(r.successful for r in future.result().results), future.result()
+
+
+def test_streamed_drive_executes_the_nodes_twists_and_gripper_as_the_chunks_say(node_backend, tmp_path):
+    """With the node's actuation on, the simulator executes the twist and gripper stream of the node's own scheduler:
+    every executed motion is a chunk row converted twice (row -> twist by the node, twist -> command by the driver)."""
+    from lightvla_ros.ros.core.chunks import delta_to_twist
+    from lightvla_ros.sim import ros_sim
+    from lightvla_ros.sim.libero_protocol import OSC_ANGULAR_SCALE, OSC_LINEAR_SCALE, twist_command
+
+    _, sim = node_backend
+    set_node_parameters(sim, publish_actions=True, execution_mode="open_loop")
+    saved, sim.real_time_factor = sim.real_time_factor, 0.25
+    task = FakeLiberoTask(goal_dx=10.0)
+    recording = Recording(ros_sim.NodeBackend(sim, drive="stream"))
+    try:
+        settings = EvalSettings(suite="libero_spatial", out=tmp_path, tasks=(0,), episodes=1, max_steps=30,
+                                video="none", backend="node", drive="stream")
+        report = evaluate(settings, lambda suite_name, task_id: task, recording, num_tasks=1, progress=False)
+    finally:
+        sim.real_time_factor = saved
+        set_node_parameters(sim, publish_actions=False)
+    record = report.episodes[0]
+    assert record.steps == 30 and record.queries == len(recording.queries) >= 2 and record.round_trip_ms_mean is None
+
+    def as_command(row):
+        linear, angular = delta_to_twist(row, OSC_LINEAR_SCALE, OSC_ANGULAR_SCALE, 0.05)
+        return np.round(twist_command(linear, angular, row[6]), 9)
+
+    planned = {tuple(as_command(row)) for query in recording.queries for row in query.chunk}
+    executed = [tuple(np.round(c, 9)) for c in task.commands[SETTLE_STEPS:]]
+    moving = [c for c in executed if any(c[:6])]
+    assert len(moving) >= 8, f"at least a whole chunk was streamed: {len(moving)} moving steps of 30"
+    assert set(moving) <= planned, "each executed motion is a row of a published chunk, scales and gripper included"
+    first_chunk = [tuple(as_command(row)) for row in recording.queries[0].chunk]
+    start = executed.index(first_chunk[0])
+    assert executed[start:start + 8] == first_chunk, "open loop: the first chunk's 8 steps in order, one per period"
