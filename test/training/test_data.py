@@ -16,6 +16,7 @@ from lightvla_ros.training.augment import Augmentation, hsv_to_rgb, rgb_to_hsv
 from lightvla_ros.training.data import DataError, DataReport, Episode, action_chunk, check_episodes, read_dataset
 from lightvla_ros.training.rosbag import BagConfig, write_episodes_bag
 from lightvla_ros.training.statistics import compute_statistics, default_action_mask, normalize_actions
+from lightvla_ros.training.video import encode_video
 
 TOY_BAG_CONFIG = """\
 cameras: [camera/image_raw]
@@ -178,7 +179,6 @@ def test_lerobot_v21_images(tmp_path, embed):
 
 def test_lerobot_v30_video(tmp_path):
     """v3.0 layout: one data file and one MP4 per camera holding several episodes, located by from_timestamp."""
-    import cv2
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -193,15 +193,13 @@ def test_lerobot_v30_video(tmp_path):
         "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}
     (root / "meta" / "info.json").write_text(json.dumps(info))
     pq.write_table(pa.table({"task_index": [0, 1], "task": [e.instruction for e in episodes]}), root / "meta" / "tasks.parquet")
-    video = root / "videos" / key / "chunk-000" / "file-000.mp4"
-    video.parent.mkdir(parents=True)
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    frames: list[np.ndarray] = []
     rows: dict[str, list] = {k: [] for k in ("observation.state", "action", "timestamp", "frame_index", "episode_index", "task_index")}
     starts, offset = [], 0
     for index, episode in enumerate(episodes):
         starts.append(offset / 10)
         for t in range(len(episode)):
-            writer.write(np.ascontiguousarray(episode.images[0][t][:, :, ::-1]))
+            frames.append(episode.images[0][t])
             rows["observation.state"].append(list(map(float, episode.states[t])))
             rows["action"].append(list(map(float, episode.actions[t])))
             rows["timestamp"].append(t / 10)
@@ -209,7 +207,7 @@ def test_lerobot_v30_video(tmp_path):
             rows["episode_index"].append(index)
             rows["task_index"].append(index)
         offset += len(episode)
-    writer.release()
+    encode_video(root / "videos" / key / "chunk-000" / "file-000.mp4", frames, 10, codec="mpeg4")
     (root / "data" / "chunk-000").mkdir(parents=True)
     pq.write_table(pa.table(rows), root / "data" / "chunk-000" / "file-000.parquet")
     pq.write_table(pa.table({"episode_index": [0, 1], f"videos/{key}/chunk_index": [0, 0], f"videos/{key}/file_index": [0, 0],
