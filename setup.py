@@ -16,9 +16,9 @@ RUNTIME = [
     "safetensors>=0.4",
     "tokenizers>=0.20",
     "numpy>=2",
-    "opencv-python-headless>=4.9",
+    # no OpenCV: libero's opencv-python would overwrite its cv2/ folder; images decode with simplejpeg and Pillow
     "pillow>=10",
-    "simplejpeg>=1.6",  # libjpeg-turbo's fast IDCT, which the authors' evaluation decodes with (Pillow has no switch)
+    "simplejpeg>=1.6",  # camera JPEGs, and the fast IDCT the authors' evaluation decodes with (Pillow has no switch)
     "pyyaml>=6",
 ]
 EXTRAS = {
