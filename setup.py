@@ -34,14 +34,13 @@ EXTRAS = {
         "ros-nav-msgs",
         "ros-rmw-fastrtps-cpp",
         "rosbags>=0.10",
-        "rosbags-image>=0.9",
     ],
     # torchao: weight-only quantization (`quantize` int8 / int4 / fp8, lightvla_ros/model/quantization.py); a pure-Python
     # wheel on aarch64 (Jetson), where its version must suit the JetPack torch
     "quantize": ["torchao>=0.18"],
     # av: PyAV, whose wheels bundle FFmpeg with the dav1d AV1 decoder (LeRobot videos: AV1, H.264, HEVC)
     "train": ["peft>=0.13", "rosbags>=0.10", "pyarrow>=15", "matplotlib>=3.8", "av>=14"],
-    "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "peft>=0.13", "rosbags>=0.10", "rosbags-image>=0.9",
+    "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "peft>=0.13", "rosbags>=0.10",
             "pyarrow>=15", "av>=14", "torchao>=0.18"],
 }
 

@@ -125,6 +125,38 @@ def test_misaligned_stamps_are_reported(tmp_path):
         _read(tmp_path / "stalled", config)
 
 
+def test_compressed_camera_frames_decode_as_in_the_node(tmp_path):
+    """PNG-compressed frames come back exact; an undecodable frame marks its episode bad and says which camera."""
+    from rosbags.rosbag2 import Reader, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    typestore = get_typestore(Stores.LATEST)
+    compressed_t = typestore.types["sensor_msgs/msg/CompressedImage"]
+    episodes = toy.make_episodes(2, seed=6)
+    config = _toy_config(tmp_path)
+    write_episodes_bag(tmp_path / "bag", episodes, config=BagConfig.load(config))
+    frames = 0
+    with Reader(tmp_path / "bag") as reader, Writer(tmp_path / "compressed", version=9) as writer:
+        connections = {c.id: writer.add_connection(c.topic, compressed_t.__msgtype__, typestore=typestore)
+                       if c.topic == "/camera/image_raw" else
+                       writer.add_connection(c.topic, c.msgtype, msgdef=c.msgdef.data, rihs01=c.digest) for c in reader.connections}
+        for connection, stamp, raw in reader.messages():
+            if connection.topic == "/camera/image_raw":
+                image = typestore.deserialize_cdr(raw, connection.msgtype)
+                rgb = image.data.reshape(image.height, image.width, 3)
+                data = _png(rgb) if frames != len(episodes[0]) + 2 else b"\x89PNG\r\n\x1a\n cut short"  # episode 1, step 2
+                frames += 1
+                raw = typestore.serialize_cdr(compressed_t(header=image.header, format="png", data=np.frombuffer(data, np.uint8)),
+                                              compressed_t.__msgtype__)
+            writer.write(connections[connection.id], stamp, raw)
+    with pytest.raises(DataError, match=r"compressed#1: step 2: camera /camera/image_raw: compressed image \(format 'png'\) "
+                                        r"could not be decoded"):
+        _read(tmp_path / "compressed", config)
+    got, report = _read(tmp_path / "compressed", config, skip_bad=True)
+    assert len(got) == 1 and report.bad_episodes == {"compressed#1"}
+    _same(episodes[0], got[0])
+
+
 def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
