@@ -182,11 +182,10 @@ def decode_compressed_image(msg: Any) -> np.ndarray:
         raise ImageDecodeError(f'zero-size image ({width}x{height})')
     _check_pixels(width, height)
     try:
-        decoded = _decode_pixels(data)
+        return _decode_pixels(data)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # what libjpeg-turbo and Pillow raise on bad data
         raise ImageDecodeError(f"compressed image (format '{fmt or 'unknown'}') could not be decoded "
                                f'({exc})') from exc
-    return decoded
 
 
 def decode_image(msg: Any, compressed: bool) -> np.ndarray:
