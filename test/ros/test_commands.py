@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 
+import numpy as np
 import pytest
 from ros_support import isolate_ros_environment, spin_until, tiny_checkpoint
 
@@ -138,3 +140,58 @@ def test_demo_camera_sources(tmp_path):
         FrameSource(str(tmp_path / 'missing'), 2, 64)
     with pytest.raises(ValueError, match='no images'):
         FrameSource(str(tmp_path), 2, 64)
+
+
+def test_demo_camera_reads_a_folder_of_images_per_camera(tmp_path):
+    from PIL import Image
+
+    from lightvla_ros.ros.demo_camera import FrameSource
+
+    Image.new('RGB', (80, 60), (200, 40, 40)).save(tmp_path / 'case0_image0.png')
+    Image.new('L', (80, 60), 90).save(tmp_path / 'case0_image1.jpg')
+    third, wrist = FrameSource(str(tmp_path), 2, 32).frames(0.0)
+    assert third.shape == wrist.shape == (32, 32, 3) and third.dtype.name == 'uint8'
+    assert (third == (200, 40, 40)).all() and (abs(wrist.astype(int) - 90) <= 1).all()
+
+
+def test_demo_camera_plays_a_video_in_a_loop(tmp_path):
+    pytest.importorskip('av')
+    from lightvla_ros.ros.demo_camera import FrameSource
+    from lightvla_ros.training.video import encode_video
+
+    shades = [np.full((64, 64, 3), 40 * (k + 1), np.uint8) for k in range(3)]
+    video = encode_video(tmp_path / 'clip.mp4', shades, 10, codec='mpeg4')
+    source = FrameSource(str(video), 2, 48)
+    seen = [source.frames(0.0) for _ in range(4)]
+    assert all(third.shape == wrist.shape == (48, 48, 3) for third, wrist in seen)
+    means = [float(third.mean()) for third, _ in seen]
+    assert means[:3] == pytest.approx([40, 80, 120], abs=6) and means[3] == pytest.approx(40, abs=6)
+    (tmp_path / 'not.mp4').write_bytes(b'not a video')
+    with pytest.raises(ValueError, match='cannot open video'):
+        FrameSource(str(tmp_path / 'not.mp4'), 2, 48)
+
+
+def test_demo_camera_compressed_frames_are_jpegs_the_node_decodes(peer):
+    from rclpy.parameter import Parameter
+
+    from lightvla_ros.ros.core.images import decode_compressed_image
+    from lightvla_ros.ros.demo_camera import DemoCamera, synthetic_scene
+
+    node, _ = peer
+    camera = DemoCamera(context=node.context, parameter_overrides=[Parameter('compressed', value=True)])
+    try:
+        rgb = synthetic_scene(0.0, 0, 64)
+        msg = camera._message(rgb, node.get_clock().now().to_msg(), 'demo_camera_0')
+        assert msg.format == 'jpeg' and bytes(msg.data[:3]) == b'\xff\xd8\xff'
+        assert np.abs(decode_compressed_image(msg).astype(int) - rgb).mean() < 3
+    finally:
+        camera.destroy_node()
+
+
+def test_demo_camera_names_the_package_a_video_needs(tmp_path, monkeypatch):
+    from lightvla_ros.ros.demo_camera import FrameSource
+
+    monkeypatch.setitem(sys.modules, 'av', None)  # as if PyAV were not installed
+    (tmp_path / 'clip.mp4').write_bytes(b'')
+    with pytest.raises(ImportError, match=r"pip install 'lightvla_ros\[train\]'"):
+        FrameSource(str(tmp_path / 'clip.mp4'), 2, 48)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import simplejpeg
 from ros_support import REPO_ROOT, info_values, isolate_ros_environment, spin_until, stop_process, tiny_checkpoint
 
 isolate_ros_environment()
@@ -92,8 +93,6 @@ class Client:
 
     def frames(self, age: float = 0.0, raw: Image | None = None,
                compressed: CompressedImage | None = None) -> Any:
-        import cv2
-
         stamp = (self.now() - Duration(seconds=age)).to_msg()
         if raw is not None or compressed is not None:
             self.sent_bad.add(f'{stamp.sec}.{stamp.nanosec:09d}')
@@ -103,8 +102,8 @@ class Client:
             raw = Image(height=rgb.shape[0], width=rgb.shape[1], encoding='bgr8',
                         step=rgb.shape[1] * 3, data=bgr.tobytes())
         if compressed is None:
-            ok, jpeg = cv2.imencode('.jpg', np.ascontiguousarray(self.images[1][:, :, ::-1]))
-            compressed = CompressedImage(format='jpeg', data=jpeg.tobytes())
+            jpeg = simplejpeg.encode_jpeg(np.ascontiguousarray(self.images[1]), colorspace='RGB')
+            compressed = CompressedImage(format='jpeg', data=jpeg)
         for msg in (raw, compressed):
             msg.header.stamp = stamp
             msg.header.frame_id = 'camera'

@@ -16,6 +16,7 @@ from lightvla_ros.training.augment import Augmentation, hsv_to_rgb, rgb_to_hsv
 from lightvla_ros.training.data import DataError, DataReport, Episode, action_chunk, check_episodes, read_dataset
 from lightvla_ros.training.rosbag import BagConfig, write_episodes_bag
 from lightvla_ros.training.statistics import compute_statistics, default_action_mask, normalize_actions
+from lightvla_ros.training.video import encode_video
 
 TOY_BAG_CONFIG = """\
 cameras: [camera/image_raw]
@@ -124,6 +125,38 @@ def test_misaligned_stamps_are_reported(tmp_path):
         _read(tmp_path / "stalled", config)
 
 
+def test_compressed_camera_frames_decode_as_in_the_node(tmp_path):
+    """PNG-compressed frames come back exact; an undecodable frame marks its episode bad and says which camera."""
+    from rosbags.rosbag2 import Reader, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    typestore = get_typestore(Stores.LATEST)
+    compressed_t = typestore.types["sensor_msgs/msg/CompressedImage"]
+    episodes = toy.make_episodes(2, seed=6)
+    config = _toy_config(tmp_path)
+    write_episodes_bag(tmp_path / "bag", episodes, config=BagConfig.load(config))
+    frames = 0
+    with Reader(tmp_path / "bag") as reader, Writer(tmp_path / "compressed", version=9) as writer:
+        connections = {c.id: writer.add_connection(c.topic, compressed_t.__msgtype__, typestore=typestore)
+                       if c.topic == "/camera/image_raw" else
+                       writer.add_connection(c.topic, c.msgtype, msgdef=c.msgdef.data, rihs01=c.digest) for c in reader.connections}
+        for connection, stamp, raw in reader.messages():
+            if connection.topic == "/camera/image_raw":
+                image = typestore.deserialize_cdr(raw, connection.msgtype)
+                rgb = image.data.reshape(image.height, image.width, 3)
+                data = _png(rgb) if frames != len(episodes[0]) + 2 else b"\x89PNG\r\n\x1a\n cut short"  # episode 1, step 2
+                frames += 1
+                raw = typestore.serialize_cdr(compressed_t(header=image.header, format="png", data=np.frombuffer(data, np.uint8)),
+                                              compressed_t.__msgtype__)
+            writer.write(connections[connection.id], stamp, raw)
+    with pytest.raises(DataError, match=r"compressed#1: step 2: camera /camera/image_raw: compressed image \(format 'png'\) "
+                                        r"could not be decoded"):
+        _read(tmp_path / "compressed", config)
+    got, report = _read(tmp_path / "compressed", config, skip_bad=True)
+    assert len(got) == 1 and report.bad_episodes == {"compressed#1"}
+    _same(episodes[0], got[0])
+
+
 def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
@@ -178,7 +211,6 @@ def test_lerobot_v21_images(tmp_path, embed):
 
 def test_lerobot_v30_video(tmp_path):
     """v3.0 layout: one data file and one MP4 per camera holding several episodes, located by from_timestamp."""
-    import cv2
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -193,15 +225,13 @@ def test_lerobot_v30_video(tmp_path):
         "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}
     (root / "meta" / "info.json").write_text(json.dumps(info))
     pq.write_table(pa.table({"task_index": [0, 1], "task": [e.instruction for e in episodes]}), root / "meta" / "tasks.parquet")
-    video = root / "videos" / key / "chunk-000" / "file-000.mp4"
-    video.parent.mkdir(parents=True)
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    frames: list[np.ndarray] = []
     rows: dict[str, list] = {k: [] for k in ("observation.state", "action", "timestamp", "frame_index", "episode_index", "task_index")}
     starts, offset = [], 0
     for index, episode in enumerate(episodes):
         starts.append(offset / 10)
         for t in range(len(episode)):
-            writer.write(np.ascontiguousarray(episode.images[0][t][:, :, ::-1]))
+            frames.append(episode.images[0][t])
             rows["observation.state"].append(list(map(float, episode.states[t])))
             rows["action"].append(list(map(float, episode.actions[t])))
             rows["timestamp"].append(t / 10)
@@ -209,7 +239,7 @@ def test_lerobot_v30_video(tmp_path):
             rows["episode_index"].append(index)
             rows["task_index"].append(index)
         offset += len(episode)
-    writer.release()
+    encode_video(root / "videos" / key / "chunk-000" / "file-000.mp4", frames, 10, codec="mpeg4")
     (root / "data" / "chunk-000").mkdir(parents=True)
     pq.write_table(pa.table(rows), root / "data" / "chunk-000" / "file-000.parquet")
     pq.write_table(pa.table({"episode_index": [0, 1], f"videos/{key}/chunk_index": [0, 0], f"videos/{key}/file_index": [0, 0],
