@@ -39,7 +39,7 @@ def libero_available() -> str:
     try:
         import libero.libero.benchmark  # noqa: F401
         import libero.libero.envs  # noqa: F401
-    except ImportError as error:
+    except (ImportError, OSError) as error:  # OSError: a native library (EGL, OpenCV) that does not load
         return f"LIBERO cannot be imported ({error}); {INSTALL_HINT}"
     return ""
 
