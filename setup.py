@@ -33,6 +33,8 @@ EXTRAS = {
         "ros-trajectory-msgs",
         "ros-nav-msgs",
         "ros-rmw-fastrtps-cpp",
+        "ros-lifecycle-msgs",
+        "ros-rosgraph-msgs",  # /clock, published by the LIBERO simulator node
         "rosbags>=0.10",
     ],
     # torchao: weight-only quantization (`quantize` int8 / int4 / fp8, lightvla_ros/model/quantization.py); a pure-Python

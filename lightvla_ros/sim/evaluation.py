@@ -163,7 +163,8 @@ class EvalReport:
         tasks: dict[int, list[EpisodeRecord]] = {}
         for record in self.episodes:
             tasks.setdefault(record.task_id, []).append(record)
-        return [{"task_id": task_id, "task": records[0].task, "episodes": len(records),
+        return [{"task_id": task_id, "task": records[0].task, "instruction": records[0].instruction,
+                 "episodes": len(records),
                  "successes": sum(r.success for r in records),
                  "success_rate": sum(r.success for r in records) / len(records)}
                 for task_id, records in sorted(tasks.items())]
@@ -199,7 +200,7 @@ class EvalReport:
                  f"mean kept tokens {summary['kept_tokens_mean']}", "",
                  "| task | instruction | successes | rate |", "|---|---|---|---|"]
         for task in summary["tasks"]:
-            lines.append(f"| {task['task_id']} | {task['task']} | {task['successes']}/{task['episodes']} "
+            lines.append(f"| {task['task_id']} | {task['instruction']} | {task['successes']}/{task['episodes']} "
                          f"| {100 * task['success_rate']:.1f}% |")
         lines.append(f"| all | | {summary['successes']}/{summary['episodes']} | {100 * summary['success_rate']:.1f}% |")
         return "\n".join(lines) + "\n"

@@ -54,7 +54,7 @@ def test_every_episode_is_a_json_line_and_the_summary_counts_successes(tmp_path)
     assert summary["successes"] == 4 and summary["success_rate"] == 1.0 and summary["policy_steps"] == 16
     assert [t["task_id"] for t in summary["tasks"]] == [0, 2]
     assert summary["settings"]["suite"] == "libero_spatial" and summary["settings"]["execution_mode"] == "open_loop"
-    assert "| 2 | fake task 2 | 2/2 | 100.0% |" in (out / "summary.md").read_text()
+    assert "| 2 | push the cube to the right | 2/2 | 100.0% |" in (out / "summary.md").read_text()
     assert all(task.closed for task in tasks), "each task's simulator is closed after its episodes"
 
 

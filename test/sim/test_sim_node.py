@@ -190,3 +190,50 @@ def test_streamed_drive_executes_the_nodes_twists_and_gripper_as_the_chunks_say(
     first_chunk = [tuple(as_command(row)) for row in recording.queries[0].chunk]
     start = executed.index(first_chunk[0])
     assert executed[start:start + 8] == first_chunk, "open loop: the first chunk's 8 steps in order, one per period"
+
+
+LIBERO_STEPS = 16
+GOLDEN_STATE = np.array([-0.211242, -0.011091, 1.174250, 3.140895, -0.002848, -0.087739, 0.038723, -0.038722])
+
+
+def test_libero_through_the_node_and_in_process_gives_the_same_chunks_and_the_same_episode(tiny, node_backend,
+                                                                                           tmp_path):
+    """The CI smoke of the real simulator: libero_spatial task 0, episode 0, a few chunks through both backends."""
+    import av
+
+    from lightvla_ros.policy import LightVLAPolicy
+    from lightvla_ros.sim.libero_env import LiberoTask, libero_available
+
+    reason = libero_available()
+    if reason:
+        pytest.skip(reason)
+    backend, _ = node_backend
+    policy = LightVLAPolicy.from_checkpoint(tiny, device="cpu", dtype="float32", unnorm_key=UNNORM_KEY,
+                                            center_crop=True, num_images=2)
+    runs = {}
+    for name, chosen in (("node", backend), ("policy", PolicyBackend(policy))):
+        seen_states, tasks = [], []
+        recording = Recording(chosen)
+        act = recording.act
+        recording.act = lambda frames, state, act=act: seen_states.append(state) or act(frames, state)
+
+        def open_task(suite_name, task_id):
+            tasks.append(LiberoTask(suite_name, task_id))  # a new env per run: episode 0 is its first reset
+            return tasks[-1]
+
+        settings = EvalSettings(suite="libero_spatial", out=tmp_path / name, tasks=(0,), episodes=1,
+                                max_steps=LIBERO_STEPS, video="first", backend=name)
+        report = evaluate(settings, open_task, recording, num_tasks=10, progress=False)
+        runs[name] = (report.episodes[0], recording.queries, seen_states)
+
+    (node_record, node_queries, node_states), (policy_record, policy_queries, policy_states) = runs["node"], runs["policy"]
+    assert len(node_queries) == len(policy_queries) == 2
+    for from_node, in_process in zip(node_queries, policy_queries):
+        np.testing.assert_array_equal(from_node.chunk, in_process.chunk)
+    np.testing.assert_array_equal(np.array(node_states), np.array(policy_states))
+    np.testing.assert_allclose(node_states[0], GOLDEN_STATE, atol=1e-5)  # the state after the settle steps
+    assert node_record.steps == policy_record.steps == LIBERO_STEPS and not node_record.success
+    assert node_record.instruction == "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    with av.open(str(tmp_path / "node" / node_record.video)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == LIBERO_STEPS and frames[0].shape == (256, 256, 3)
