@@ -208,14 +208,14 @@ class NodeReports:
                    for i, sub in enumerate(endpoints.cameras)]
         state = None
         if health.model.use_proprio is not False:
-            sample = health.state.latest()
+            sample = health.state.fresh(now, cfg.max_state_age)
             sub = endpoints.state
             state = StateReport(
                 source=cfg.state_source, topic=sub.topic_name if sub else '', required=bool(health.model.use_proprio),
                 fallback=cfg.missing_state, publishers=sub.get_publisher_count() if sub else 0,
                 received=health.state.received, rejected=health.state.rejected, last_error=health.state.last_error,
                 last_error_at=health.state.last_error_at,
-                age=None if sample is None or now - sample.stamp > cfg.max_state_age else now - sample.stamp)
+                age=None if sample is None else now - sample.stamp)
         frames = health.frames
         report = inputs_status(cameras, state, now,
                                InputLimits(cfg.camera_timeout, cfg.max_image_age, cfg.sync_tolerance),

@@ -86,7 +86,7 @@ class LightVLANode(LifecycleNode):
         self._last_start = 0.0
         self._publisher: ChunkPublisher | None = None
         self._inputs = ObservationInputs(lambda: self._health, lambda: self._params.config, self._now,
-                                         self._expected_state, self.get_logger())
+                                         self._expected_state, self._wake.set, self.get_logger())
         self._diagnostics = Diagnostics(self, cfg.device)
         NodeReports(lambda: self._health, lambda: self._params.config, lambda: self._endpoints,
                     lambda: self._actuator, self._now, self._device_name).register(self._diagnostics)
@@ -128,7 +128,7 @@ class LightVLANode(LifecycleNode):
         if problem:
             self._fail_model('unconfigured' if not cfg.checkpoint else 'failed', problem)
             return FAILURE
-        self._endpoints = Endpoints(self, cfg, self._on_image, self._on_instruction, self._inputs.on_state)
+        self._endpoints = Endpoints(self, cfg, self._inputs.on_image, self._on_instruction, self._inputs.on_state)
         self._actuator = make_actuator(lambda: self._params.config, self._endpoints.publisher, self._now,
                                        self._stamp_now, self._health.state.measured_joints)
         self._publisher = ChunkPublisher(self.get_name(), self._endpoints, self._actuator, self._health,
@@ -295,10 +295,6 @@ class LightVLANode(LifecycleNode):
         with self._policy_lock:
             return self._params.config.device if self._policy is None else self._policy.device_name
 
-    def _on_image(self, index: int, msg: Any) -> None:
-        self._inputs.on_image(index, msg)
-        self._wake.set()
-
     def _on_instruction(self, msg: String) -> None:
         event = self._health.tracker.update(msg.data, self._now())
         log = self.get_logger()
@@ -371,12 +367,12 @@ class LightVLANode(LifecycleNode):
             self._stop_event.wait(min(wait, 0.05))
             self._wake.set()
             return
-        proprio = self._inputs.proprio(policy, now)
-        if proprio is False:
-            return
         taken = health.frames.take(now, cfg.sync_tolerance, cfg.max_image_age)
         if isinstance(taken, str):
             health.waiting = taken
+            return
+        proprio = self._inputs.proprio(policy, taken, now)
+        if proprio is False:
             return
         images = self._inputs.decode(taken, now)
         if images is None:

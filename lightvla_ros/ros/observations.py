@@ -27,15 +27,17 @@ class ObservationInputs:
     """Stores incoming frames and states; assembles images and proprio for one inference."""
 
     def __init__(self, health: Callable[[], NodeHealth], config: Callable[[], NodeConfig], now: Callable[[], float],
-                 expected_state: ExpectedStateFn, logger: Any) -> None:
+                 expected_state: ExpectedStateFn, wake: Callable[[], None], logger: Any) -> None:
         self._health = health
         self._config = config
         self._now = now
         self._expected_state = expected_state
+        self._wake = wake  # the inference worker: a frame or state may be what it waits for
         self._log = logger
 
     def on_image(self, index: int, msg: Any) -> None:
         self._health().frames.put(index, msg, messages.stamp_seconds(msg.header.stamp), self._now())
+        self._wake()
 
     def on_state(self, msg: Any) -> None:
         now, cfg, store = self._now(), self._config(), self._health().state
@@ -50,6 +52,7 @@ class ObservationInputs:
         except StateError as exc:
             store.record_error(str(exc), now)
             self._log.warning(f'state rejected: {exc}', throttle_duration_sec=5.0)
+        self._wake()
 
     def decode(self, frameset: FrameSet, now: float) -> list[np.ndarray] | None:
         """RGB images of a matched frame set, or None (counted and reported) when one cannot be decoded."""
@@ -63,15 +66,23 @@ class ObservationInputs:
                 return None
         return images
 
-    def proprio(self, policy: Policy, now: float) -> np.ndarray | None | bool:
-        """The state vector, None when the model takes none, False when inference must wait for one."""
+    def proprio(self, policy: Policy, frameset: FrameSet, now: float) -> np.ndarray | None | bool:
+        """The state vector for the frames, None when the model takes none, False when inference must wait for one.
+
+        No valid state younger than max_state_age: zeros or wait (missing_state). One older than the frames by more
+        than sync_tolerance: wait for the state of their instant. While waiting the frames are put back.
+        """
         if not policy.use_proprio:
             return None
         cfg, health = self._config(), self._health()
-        sample = health.state.latest()
-        if sample is not None and now - sample.stamp <= cfg.max_state_age:
+        sample = health.state.fresh(now, cfg.max_state_age)
+        if sample is None:
+            if cfg.missing_state == 'zeros':
+                return np.zeros(int(policy.proprio_dim), dtype=np.float32)
+            health.waiting = f'a valid state on {cfg.state_topic}'
+        elif lag := sample.lag_behind(frameset.obs_stamp, cfg.sync_tolerance):
+            health.waiting = f'a state as new as the frames on {cfg.state_topic} (state {lag:.3f} s older)'
+        else:
             return sample.vector
-        if cfg.missing_state == 'zeros':
-            return np.zeros(int(policy.proprio_dim), dtype=np.float32)
-        health.waiting = f'a valid state on {cfg.state_topic}'
+        health.frames.restore(frameset)
         return False

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from lightvla_ros.ros.core.frames import FrameSet, FrameStore
-from lightvla_ros.ros.core.state import StateError, StateStore, check_state, state_from_array, state_from_joint_state
+from lightvla_ros.ros.core.state import (
+    StateError,
+    StateSample,
+    StateStore,
+    check_state,
+    state_from_array,
+    state_from_joint_state,
+)
 
 
 def test_matched_set_uses_each_frame_once():
@@ -89,3 +96,65 @@ def test_state_store_rejects_and_clears():
         store.put(np.array([np.inf, 0.0]), 2.0, 2)
     store.record_error('state contains NaN or infinite values', 2.0)
     assert store.latest() is None and store.rejected == 1 and store.received == 2
+
+
+def test_state_older_than_the_frames_by_more_than_the_tolerance_is_not_theirs():
+    sample = StateSample(np.zeros(2), stamp=9.65)
+    assert sample.lag_behind(10.0, 0.1) == pytest.approx(0.35)
+    assert sample.lag_behind(9.7, 0.1) == 0.0   # within the tolerance: used
+    assert sample.lag_behind(9.0, 0.1) == 0.0   # newer than the frames: used
+
+
+def test_restored_frames_are_taken_again_and_count_as_unused():
+    store = FrameStore(2)
+    store.put(0, 'a', 10.0, 10.0)
+    store.put(1, 'b', 10.0, 10.0)
+    taken = store.take(10.01, 0.1, 1.0)
+    store.restore(taken)  # their state is still on its way
+    assert [c.used for c in store.counters] == [0, 0] and [c.dropped for c in store.counters] == [0, 0]
+    again = store.take(10.02, 0.1, 1.0)
+    assert [f.msg for f in again.frames] == ['a', 'b'] and again.obs_stamp == 10.0
+    assert [c.used for c in store.counters] == [1, 1]
+
+
+def test_a_frame_that_arrived_while_waiting_replaces_the_restored_one():
+    store = FrameStore(2)
+    store.put(0, 'a', 10.0, 10.0)
+    store.put(1, 'b', 10.0, 10.0)
+    taken = store.take(10.01, 0.1, 1.0)
+    store.put(1, 'b2', 10.05, 10.05)
+    store.restore(taken)
+    assert [c.dropped for c in store.counters] == [0, 1]  # 'b' was never used
+    assert [f.msg for f in store.take(10.06, 0.1, 1.0).frames] == ['a', 'b2']
+
+
+def test_a_state_waits_until_as_new_as_the_frames_and_is_then_used():
+    """Frames stamped 10.0 arrive before the state of the same instant (JointState: the stamp is the header's)."""
+    frames, states = FrameStore(1), StateStore()
+    states.put(np.array([0.0, 0.0]), 9.65, 2)  # the previous state
+    frames.put(0, 'frame', 10.0, 10.01)
+    taken = frames.take(10.02, 0.1, 1.0)
+    sample = states.fresh(10.02, 1.0)
+    assert sample.lag_behind(taken.obs_stamp, 0.1) == pytest.approx(0.35)
+    frames.restore(taken)
+    states.put(np.array([1.0, 2.0]), 10.0, 2)
+    taken = frames.take(10.03, 0.1, 1.0)
+    sample = states.fresh(10.03, 1.0)
+    assert taken.frames[0].msg == 'frame' and sample.lag_behind(taken.obs_stamp, 0.1) == 0.0
+    np.testing.assert_array_equal(sample.vector, [1.0, 2.0])
+
+
+def test_an_unstamped_state_counts_from_its_receipt():
+    """Float32MultiArray has no header: its stamp is the node-clock time it arrived."""
+    states = StateStore()
+    states.put(np.ones(2), 10.04, 2)  # received just after frames stamped 10.0
+    assert states.fresh(10.05, 1.0).lag_behind(10.0, 0.1) == 0.0
+    states.put(np.ones(2), 9.5, 2)  # received half a second before them
+    assert states.fresh(10.05, 1.0).lag_behind(10.0, 0.1) == pytest.approx(0.5)
+
+
+def test_a_state_older_than_max_age_is_missing():
+    states = StateStore()
+    assert states.fresh(5.0, 1.0) is None
+    states.put(np.ones(2), 3.0, 2)
+    assert states.fresh(4.0, 1.0) is not None and states.fresh(4.5, 1.0) is None

@@ -31,7 +31,7 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
-from std_msgs.msg import Float32, Float32MultiArray, Float64, String  # noqa: E402
+from std_msgs.msg import Float32, Float32MultiArray, Float64, Header, String  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
@@ -349,6 +349,29 @@ def test_joint_state_source(make_harness):
     pub.publish(JointState(name=['a', 'b', 'c'], position=[1.0, 2.0, 3.0]))
     assert h.stream_until(lambda: h.got['chunk_info'])
     np.testing.assert_array_equal(policy.calls[-1][1], [2.0, 1.0])
+
+
+def test_frames_wait_for_the_state_of_their_instant(make_harness):
+    """A robot publishes the state and frames of one instant together and the frames may arrive first: the
+    inference must use the state stamped with them, never the previous one."""
+    policy = FakePolicy()
+    policy.proprio_dim = 2
+    h = make_harness(policy, state_source='joint_states', state_topic='/joint_states', missing_state='wait')
+    pub = h.tester.create_publisher(JointState, '/joint_states', 10)
+    h.instruct('go')
+    assert h.wait(lambda: pub.get_subscription_count() > 0 and h.active() == 'go')
+    previous = (h.now() - rclpy.duration.Duration(seconds=0.5)).to_msg()
+    old = JointState(header=Header(stamp=previous), name=['a', 'b'], position=[-1.0, -1.0])
+    assert h.wait(lambda: pub.publish(old) or h.node.health.state.latest() is not None)  # best effort: until it is in
+    stamp = h.now().to_msg()
+    frames = [image_msg(rgb_image(seed=i), stamp) for i in range(len(TOPICS))]
+    waiting = 'a state as new as the frames on /joint_states'
+    assert h.stream_until(lambda: policy.calls or waiting in h.node.health.waiting, msgs=frames)
+    assert not policy.calls, 'inferred with the previous state'
+    pub.publish(JointState(header=Header(stamp=stamp), name=['a', 'b'], position=[1.0, 2.0]))
+    assert h.wait(lambda: h.got['chunk_info'])
+    assert policy.calls and all(call[1].tolist() == [1.0, 2.0] for call in policy.calls)
+    assert info_values(h.got['chunk_info'][0])['obs_stamp'] == f'{stamp.sec}.{stamp.nanosec:09d}'
 
 
 def test_runtime_parameters_are_validated(make_harness):

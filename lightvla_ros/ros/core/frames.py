@@ -2,7 +2,7 @@
 
 Subscription callbacks only put the newest message here (overwriting an unused one counts as a
 drop); the inference worker takes a matched set whose stamps agree within a tolerance and are not
-too old. A frame is used at most once, and stale frames are never used.
+too old, and may put it back unused. A frame is used at most once, and stale frames are never used.
 """
 
 from __future__ import annotations
@@ -129,6 +129,19 @@ class FrameStore:
                 self.counters[i].used += 1
             self.sync_problem, self.sync_problem_at = '', None
             return FrameSet(frames, min(stamps), spread)
+
+    def restore(self, frameset: FrameSet) -> None:
+        """Put a taken set back unused, e.g. while its state is still on its way.
+
+        As if it had never been taken: a frame that arrived since replaces the restored one (counted as a drop).
+        """
+        with self._lock:
+            for i, frame in enumerate(frameset.frames):
+                self.counters[i].used -= 1
+                if self._latest[i] is None:
+                    self._latest[i] = frame
+                elif self.active:
+                    self.counters[i].dropped += 1
 
     def record_error(self, index: int, reason: str, now: float) -> None:
         """Remember why a frame of camera ``index`` was rejected."""

@@ -109,9 +109,11 @@ class NodeConfig:
     camera_types: tuple[str, ...] = _param(('raw', 'raw'), 'Per camera topic: raw (sensor_msgs/Image) or compressed '
                                                            '(sensor_msgs/CompressedImage).',
                                            choices=CAMERA_TYPES, element='string')
-    sync_tolerance: float = _param(0.1, 'Largest stamp difference (s) between the frames of one observation; also '
-                                        'how far ahead of the node clock a camera stamp may be before it is '
-                                        'reported as clock skew.', runtime=True, min_value=0.0, max_value=10.0)
+    sync_tolerance: float = _param(0.1, 'Largest stamp difference (s) between the frames of one observation, and '
+                                        'how much older than its oldest frame the state may be (an older one: wait '
+                                        'for a newer state); also how far ahead of the node clock a camera stamp '
+                                        'may be before it is reported as clock skew.', runtime=True, min_value=0.0,
+                                   max_value=10.0)
     max_image_age: float = _param(1.0, 'Frames older than this (s, node clock minus header stamp) are never used.',
                                   runtime=True, min_value=0.01, max_value=3600.0)
     camera_timeout: float = _param(2.0, 'A camera silent for longer than this (s) is reported as WARN.', runtime=True,
@@ -132,11 +134,11 @@ class NodeConfig:
                                                 element='string')
     state_indices: tuple[int, ...] = _param((), 'Float32MultiArray elements in model state order (empty: all).',
                                             element='integer')
-    missing_state: str = _param('zeros', 'When the model needs a state and none is valid: zeros (infer with a zero '
-                                         'vector, reported as WARN) or wait (no inference).', runtime=True,
-                                choices=MISSING_STATE_POLICIES)
-    max_state_age: float = _param(1.0, 'A state older than this (s) counts as missing.', runtime=True, min_value=0.01,
-                                  max_value=3600.0)
+    missing_state: str = _param('zeros', 'When the model needs a state and no valid one is younger than '
+                                         'max_state_age: zeros (infer with a zero vector, reported as WARN) or wait '
+                                         '(no inference).', runtime=True, choices=MISSING_STATE_POLICIES)
+    max_state_age: float = _param(1.0, 'A state older than this (s, node clock minus its stamp) counts as missing '
+                                       '(missing_state applies).', runtime=True, min_value=0.01, max_value=3600.0)
     # --- outputs
     action_space: str = _param('eef_delta', 'eef_delta (xyz, rotation vector, gripper: streamed as TwistStamped + '
                                             'Path) or joint (JointTrajectory).', choices=ACTION_SPACES)

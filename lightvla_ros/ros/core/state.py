@@ -54,6 +54,13 @@ class StateSample:
     vector: np.ndarray
     stamp: float
 
+    def lag_behind(self, obs_stamp: float, tolerance: float) -> float:
+        """How much older (s) this state is than an observation's oldest frame, when by more than ``tolerance``,
+        else 0.0. A robot publishes the state and frames of one instant together and they may arrive in either
+        order, so a state that old was measured before the frames and theirs is still on its way."""
+        lag = obs_stamp - self.stamp
+        return lag if lag > tolerance else 0.0
+
 
 class StateStore:
     """Thread-safe holder of the latest valid state and of the last rejection."""
@@ -102,3 +109,8 @@ class StateStore:
         """The latest valid state, or None."""
         with self._lock:
             return self._sample
+
+    def fresh(self, now: float, max_age: float) -> StateSample | None:
+        """The latest valid state unless it is older than ``max_age`` (then it counts as missing)."""
+        sample = self.latest()
+        return sample if sample is not None and now - sample.stamp <= max_age else None
