@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import rclpy
 import yaml
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import TwistStamped
 from lifecycle_msgs.srv import GetState
@@ -47,7 +48,6 @@ STATE_NAMES = ("eef_pos_x", "eef_pos_y", "eef_pos_z", "eef_axis_angle_x", "eef_a
 CAMERA_TOPICS = ("agentview/image_raw", "wrist/image_raw")  # third-person first, then wrist: the policy's order
 CAMERA_FRAMES = ("agentview_camera", "eye_in_hand_camera")
 STATE_TOPIC = "robot_state"
-CLOCK_START_S = 1.0  # sim time 0 means "no clock yet" to ROS 2
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 
@@ -68,10 +68,7 @@ def node_parameters(checkpoint: str, unnorm_key: str, device: str, dtype: str, p
     }
 
 
-def _stamp(seconds: float) -> Any:
-    from builtin_interfaces.msg import Time
-
-    nanoseconds = round(seconds * 1e9)
+def _stamp(nanoseconds: int) -> Any:
     return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
 
 
@@ -89,7 +86,11 @@ class LiberoSimNode(Node):
         self.real_time_factor = real_time_factor
         self.chunk_timeout_s = chunk_timeout_s
         self.republish_s = republish_s
-        self.now = CLOCK_START_S
+        # Sim time starts at the wall clock (whole milliseconds), so that it never runs backwards for a node that saw an
+        # earlier run, and counts whole steps in integer nanoseconds, so that stamps are exact.
+        self._start_ns = time.time_ns() // 1_000_000 * 1_000_000
+        self._dt_ns = round(dt * 1e9)
+        self.steps = 0
         self._clock = self.create_publisher(Clock, "/clock", 10)
         self._cameras = [self.create_publisher(Image, topic, 2) for topic in CAMERA_TOPICS]
         self._state = self.create_publisher(JointState, STATE_TOPIC, 10)
@@ -97,10 +98,9 @@ class LiberoSimNode(Node):
         self._cond = threading.Condition()
         self._chunks: deque[np.ndarray] = deque()
         self._infos: deque[dict[str, str]] = deque()
-        self.mispaired = 0
         self.create_subscription(Float32MultiArray, "action_chunk", self._on_chunk, RELIABLE)
         self.create_subscription(DiagnosticStatus, "chunk_info", self._on_info, RELIABLE)
-        self._twist: tuple[float, np.ndarray, np.ndarray] | None = None  # (stamp, linear, angular)
+        self._twist: tuple[int, np.ndarray, np.ndarray] | None = None  # (stamp in ns, linear, angular)
         self._gripper = 1.0  # model convention: open until told otherwise
         self.create_subscription(TwistStamped, "ee_twist", self._on_twist, RELIABLE)
         self.create_subscription(Float64, "gripper", self._on_gripper, RELIABLE)
@@ -109,12 +109,15 @@ class LiberoSimNode(Node):
 
     # ------------------------------------------------------------------ what the robot publishes
 
+    def _now_ns(self) -> int:
+        return self._start_ns + self.steps * self._dt_ns
+
     def publish_clock(self) -> None:
-        self._clock.publish(Clock(clock=_stamp(self.now)))
+        self._clock.publish(Clock(clock=_stamp(self._now_ns())))
 
     def advance(self) -> None:
         """One control period of physics happened."""
-        self.now += self.dt
+        self.steps += 1
         self.publish_clock()
 
     def set_instruction(self, text: str) -> None:
@@ -123,7 +126,7 @@ class LiberoSimNode(Node):
 
     def observe(self, frames: Sequence[np.ndarray], state: np.ndarray) -> str:
         """Publish the state, then both frames, stamped now; returns the stamp as ``chunk_info`` writes it."""
-        stamp = _stamp(self.now)
+        stamp = _stamp(self._now_ns())
         joint_state = JointState(name=list(STATE_NAMES), position=[float(v) for v in state])
         joint_state.header.stamp = stamp
         self._state.publish(joint_state)
@@ -152,7 +155,7 @@ class LiberoSimNode(Node):
     def _on_twist(self, msg: TwistStamped) -> None:
         linear, angular = msg.twist.linear, msg.twist.angular
         with self._cond:
-            self._twist = (msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9,
+            self._twist = (msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec,
                            np.array([linear.x, linear.y, linear.z]), np.array([angular.x, angular.y, angular.z]))
 
     def _on_gripper(self, msg: Float64) -> None:
@@ -164,7 +167,7 @@ class LiberoSimNode(Node):
         (then no motion), and the last gripper command."""
         with self._cond:
             twist, gripper = self._twist, self._gripper
-        if twist is None or self.now - twist[0] > 2 * self.dt + 1e-9:
+        if twist is None or self._now_ns() - twist[0] > 2 * self._dt_ns:
             return twist_command(np.zeros(3), np.zeros(3), gripper, self.dt)
         return twist_command(twist[1], twist[2], gripper, self.dt)
 
@@ -186,7 +189,9 @@ class LiberoSimNode(Node):
                 while self._chunks and self._infos:
                     chunk, info = self._chunks.popleft(), self._infos.popleft()
                     if chunk.shape != (int(info.get("steps", -1)), int(info.get("dims", -1))):
-                        self.mispaired += 1  # a chunk without its info (joined mid-stream): realign on the next
+                        # a chunk without its info (this node joined mid-stream): realign on the next pair
+                        self.get_logger().warning(f"action_chunk {chunk.shape} does not match its chunk_info "
+                                                  f"({info.get('steps')} x {info.get('dims')}); dropped")
                         self._chunks.clear()
                         continue
                     if info.get("obs_stamp") == stamp:
