@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import io
 import os
 from typing import Any, Sequence
@@ -24,12 +25,16 @@ INSTALL_HINT = "install it with: pip install -e '.[libero]'"
 
 def prepare_rendering() -> None:
     """Headless rendering before anything imports MuJoCo: EGL unless the user chose a backend (on a machine without
-    a GPU, Mesa's EGL renders on the CPU), PyOpenGL on the same platform, and torch imported first, because torch's
-    triton import segfaults once MuJoCo has created an EGL context. Idempotent."""
+    a GPU, Mesa's EGL renders on the CPU), PyOpenGL on the same platform, and torch and triton imported first: triton's
+    native library (which torch loads lazily, e.g. when transformers or torchvision are imported) segfaults once
+    MuJoCo has created an EGL context (Mesa's llvmpipe brings its own LLVM). Idempotent."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     if os.environ["MUJOCO_GL"].lower() == "egl":
         os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     import torch  # noqa: F401
+
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
 
 
 @functools.cache
