@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
-import json
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from lightvla_ros.contract import Observation, PolicyOutput, PolicySettings
 from lightvla_ros.model.allocator import set_allocator
-from lightvla_ros.model.checkpoint import CheckpointFiles, load_model
+from lightvla_ros.model.checkpoint import CheckpointFiles, load_model, read_statistics
 from lightvla_ros.model.configuration import (
     DTYPE_CHOICES,
     PREPROCESSING_CHOICES,
@@ -180,13 +179,7 @@ class LightVLAPolicy:
         attention = sdpa_context(sdpa_backend, torch_device)
         model, files = load_model(checkpoint_dir, PruningConfig(pruning, max_kept_tokens), num_images, torch_dtype, torch_device)
         model.set_readout(readout)
-        statistics = model.config.norm_stats
-        if files.statistics is not None:
-            try:
-                statistics = json.loads(files.statistics.read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{files.statistics} is not valid JSON ({exc})") from exc
-        normalizer = Normalizer.from_statistics(statistics, unnorm_key)
+        normalizer = Normalizer.from_statistics(read_statistics(files, model.config), unnorm_key)
         if model.config.proprio_dim is not None and normalizer.proprio_dim != model.config.proprio_dim:
             raise CheckpointError(f"statistics {normalizer.key!r} describe a {normalizer.proprio_dim}-d state, "
                                   f"the proprio projector takes {model.config.proprio_dim}")

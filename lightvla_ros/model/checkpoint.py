@@ -14,6 +14,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -141,6 +142,16 @@ def model_to_release_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
                 out[release_prefix + key[len(our_prefix):].replace(".gamma", ".scale_factor")] = value
                 break
     return out
+
+
+def read_statistics(files: CheckpointFiles, config: VLAConfig) -> dict[str, Any]:
+    """The dataset statistics by unnorm key: ``dataset_statistics.json``, else ``norm_stats`` in config.json."""
+    if files.statistics is None:
+        return config.norm_stats
+    try:
+        return json.loads(files.statistics.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{files.statistics} is not valid JSON ({exc})") from exc
 
 
 def read_config(files: CheckpointFiles, num_images: int | None) -> tuple[VLAConfig, PruningConfig | None]:

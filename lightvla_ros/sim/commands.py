@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -74,24 +73,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _statistics_key(checkpoint: str, suite_name: str) -> str:
-    path = Path(checkpoint) / "dataset_statistics.json"
-    try:
-        keys = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise LightVLAError(f"{path} not found: is {checkpoint} a checkpoint folder in the release layout?") from exc
-    except json.JSONDecodeError as exc:
-        raise LightVLAError(f"{path} is not valid JSON: {exc}") from exc
-    return unnorm_key(suite_name, keys)
+    """The suite's unnorm key among the checkpoint's statistics, picked as the authors pick it."""
+    from lightvla_ros.model.checkpoint import CheckpointFiles, read_statistics
+    from lightvla_ros.model.configuration import VLAConfig
+
+    files = CheckpointFiles.discover(checkpoint)
+    return unnorm_key(suite_name, read_statistics(files, VLAConfig.from_file(files.config)))
 
 
 def cmd_eval_libero(args: argparse.Namespace, attach_ros_args: list[str] | None = None) -> int:
     from lightvla_ros.sim import libero_env
 
+    key = args.unnorm_key or (_statistics_key(args.checkpoint, args.suite) if args.checkpoint else "")
     missing = libero_env.libero_available()
     if missing:
         raise LightVLAError(missing)
-    libero_env.prepare_rendering()
-    key = args.unnorm_key or (_statistics_key(args.checkpoint, args.suite) if args.checkpoint else "")
     out = Path(args.out or f"libero_eval/{args.suite}-{args.backend}-{time.strftime('%Y%m%d-%H%M%S')}")
     settings = EvalSettings(suite=args.suite, out=out, tasks=args.tasks, episodes=args.episodes,
                             max_steps=args.max_steps, seed=args.seed, video=args.video,

@@ -115,3 +115,15 @@ def test_bad_requests_are_refused_before_anything_runs(tmp_path, overrides, mess
 def test_the_step_budget_defaults_to_the_suite(tmp_path):
     assert EvalSettings(suite="libero_10", out=tmp_path).step_budget == 520
     assert EvalSettings(suite="libero_10", out=tmp_path, max_steps=30).step_budget == 30
+
+
+def test_eval_libero_names_the_statistics_a_checkpoint_lacks_before_starting_anything(tmp_path, capsys):
+    from lightvla_ros.cli import main
+    from lightvla_ros.model.tiny import make_tiny_checkpoint
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "tiny", seed=0)
+    assert main(["eval-libero", "--checkpoint", str(checkpoint), "--suite", "libero_goal", "--out", str(tmp_path)]) == 2
+    assert ("no statistics for 'libero_goal' (nor libero_goal_no_noops); it has: tiny_libero"
+            in capsys.readouterr().err)
+    assert main(["eval-libero", "--checkpoint", str(tmp_path / "absent"), "--suite", "libero_goal"]) == 2
+    assert "does not exist" in capsys.readouterr().err
