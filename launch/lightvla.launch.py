@@ -37,7 +37,8 @@ ARGUMENTS = (
     ('autostart', '', 'true: configure and activate at start; false: wait for a lifecycle manager or '
                       '`ros2 lifecycle set`; empty: as the parameter file says (true).'),
     ('namespace', '', 'Namespace of the nodes (the instruction topic is then <ns>/instruction).'),
-    ('use_sim_time', 'false', 'Use /clock (for rosbag replay with --clock).'),
+    ('use_sim_time', '', 'Use /clock (rosbag replay with --clock, a simulator); empty: as the parameter file says '
+                         '(false in config/lightvla.yaml, true in config/libero_sim.yaml).'),
     ('demo_camera', 'false',
      'Also start lightvla_demo_camera (synthetic camera frames and state).'),
     ('start_aggregator', 'false',
@@ -58,8 +59,10 @@ def _nodes(context, *args, **kwargs):
              for name in ('namespace', 'use_sim_time', 'demo_camera', 'start_aggregator', 'rviz',
                           'fastdds_profile')}
     namespace = value['namespace']
-    use_sim_time = is_true(value['use_sim_time'], 'use_sim_time')
-    overrides = {'use_sim_time': use_sim_time}
+    overrides = {}
+    if value['use_sim_time']:
+        overrides['use_sim_time'] = is_true(value['use_sim_time'], 'use_sim_time')
+    use_sim_time = overrides.get('use_sim_time', False)  # for the other nodes, which have no parameter file
     for name in ('checkpoint', 'device'):
         override = LaunchConfiguration(name).perform(context)
         if override:

@@ -116,7 +116,7 @@ def test_launch_description_with_stand_ins(monkeypatch, tmp_path):
     assert set(nodes) == {'lightvla_node'}  # the optional nodes are off by default
     node = nodes['lightvla_node']
     assert node['package'] == 'lightvla_ros' and node['name'] == 'lightvla_node'
-    assert node['parameters'][1] == {'use_sim_time': False}  # empty overrides are left out
+    assert node['parameters'][1] == {}  # empty overrides are left out: the parameter file decides
     profile = '/ament/share/lightvla_ros/config/fastdds_camera_transport.xml'
     assert node['additional_env'] == {'FASTDDS_DEFAULT_PROFILES_FILE': profile}
     assert not any('WARNING' in line for line in logged)
