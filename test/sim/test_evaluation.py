@@ -127,3 +127,40 @@ def test_eval_libero_names_the_statistics_a_checkpoint_lacks_before_starting_any
             in capsys.readouterr().err)
     assert main(["eval-libero", "--checkpoint", str(tmp_path / "absent"), "--suite", "libero_goal"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--suite", "libero_spatial"], "--checkpoint is required"),
+    (["--suite", "libero_spatial", "--backend", "node", "--attach", "--checkpoint", "x"], "leave out --checkpoint"),
+    (["--suite", "libero_spatial", "--attach"], "--attach drives a running lightvla_node: it needs --backend node"),
+])
+def test_eval_libero_refuses_contradictory_options(argv, message, capsys):
+    from lightvla_ros.cli import main
+
+    assert main(["eval-libero", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_namespaces_are_made_absolute():
+    from lightvla_ros.sim.commands import _namespace
+
+    assert [_namespace(t) for t in ("", "robot1", "/robot1", "/a/b/")] == ["", "/robot1", "/robot1", "/a/b"]
+
+
+def test_an_interrupted_run_still_writes_its_summary(tmp_path):
+    class Failing(PushRight):
+        def predict(self, images, instruction, proprio=None):
+            if len(self.calls) == 1:
+                raise RuntimeError("CUDA out of memory")
+            return super().predict(images, instruction, proprio)
+
+    with pytest.raises(RuntimeError):
+        run(tmp_path, Failing(dx=-1.0), tasks=(0,))
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["interrupted"] == "RuntimeError: CUDA out of memory" and summary["episodes"] == 0
+    assert "(interrupted)" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+def test_more_episodes_than_initial_states_are_refused_before_the_first(tmp_path):
+    with pytest.raises(InputError, match="--episodes 6: libero_spatial task 0 has 5 initial states"):
+        run(tmp_path, PushRight(), tasks=(0,), episodes=6)

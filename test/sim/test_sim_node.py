@@ -55,6 +55,9 @@ class Recording:
     def start_task(self, instruction):
         self.backend.start_task(instruction)
 
+    def start_episode(self):
+        self.backend.start_episode()
+
     def act(self, frames, state):
         return self.backend.act(frames, state)
 
@@ -106,27 +109,47 @@ def test_the_node_returns_the_in_process_chunks_and_the_robot_moves_the_same(tin
     assert node_summary["latency_ms_mean"] > 0 and node_summary["settings"]["backend"] == "node"
 
 
+def deliver(sim, chunk: np.ndarray, obs_stamp: str, publish_stamp: str | None = None) -> None:
+    """What lightvla_node sends for one observation: the chunk, then its chunk_info (checksum included)."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    from lightvla_ros.ros.messages import chunk_checksum, chunk_msg
+
+    values = {"obs_stamp": obs_stamp, "publish_stamp": publish_stamp or obs_stamp, "steps": str(len(chunk)),
+              "dims": str(chunk.shape[1]), "chunk_crc32": chunk_checksum(chunk)}
+    sim._on_chunk(chunk_msg(chunk))
+    sim._on_info(DiagnosticStatus(values=[KeyValue(key=k, value=v) for k, v in values.items()]))
+
+
 def test_only_the_chunk_for_the_observation_waited_for_is_executed(node_backend):
-    """Chunks computed from other observations (an older frame, a repeat) are dropped, and waiting for an observation
-    nobody answers ends with an error that says what to check."""
+    """Chunks computed from other observations (an older frame, a repeat) are dropped, whatever order the chunks and
+    their infos arrive in; a chunk published on the wall clock, a dead node, or no answer at all end with an error that
+    says what to check."""
     from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
     from lightvla_ros.model.errors import LightVLAError
-    from lightvla_ros.ros.messages import chunk_msg
+    from lightvla_ros.ros.messages import chunk_checksum, chunk_msg
 
     _, sim = node_backend
     older, mine = np.full((2, 7), 0.5, np.float32), np.full((2, 7), 0.25, np.float32)
-    for chunk, stamp in ((older, "0.500000000"), (mine, "9.000000000")):
-        sim._on_chunk(chunk_msg(chunk))
-        values = {"obs_stamp": stamp, "steps": "2", "dims": "7"}
+    sim._on_chunk(chunk_msg(older))
+    sim._on_chunk(chunk_msg(mine))
+    for chunk, stamp in ((mine, "9.000000000"), (older, "0.500000000")):  # infos in the other order
+        values = {"obs_stamp": stamp, "publish_stamp": stamp, "chunk_crc32": chunk_checksum(chunk)}
         sim._on_info(DiagnosticStatus(values=[KeyValue(key=k, value=v) for k, v in values.items()]))
-    chunk, info = sim.wait_chunk("9.000000000", lambda: None)
+    chunk, info = sim.wait_chunk("9.000000000", lambda: None, lambda: "")
     np.testing.assert_array_equal(chunk, mine)
+
+    deliver(sim, mine, "10.000000000", publish_stamp="1796040000.123000000")
+    with pytest.raises(LightVLAError, match="not on sim time .*use_sim_time:=true"):
+        sim.wait_chunk("10.000000000", lambda: None, lambda: "")
+    with pytest.raises(LightVLAError, match="lightvla_node exited with status 1"):
+        sim.wait_chunk("11.000000000", lambda: None, lambda: "lightvla_node exited with status 1")
     saved, sim.chunk_timeout_s = sim.chunk_timeout_s, 0.3
     try:
         with pytest.raises(LightVLAError, match="no action chunk for the observation at sim time 1.000000000 .*"
                                                 "is lightvla_node active, on use_sim_time"):
-            sim.wait_chunk("1.000000000", lambda: None)
+            sim.wait_chunk("1.000000000", lambda: None, lambda: "")
     finally:
         sim.chunk_timeout_s = saved
 
