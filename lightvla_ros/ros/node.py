@@ -388,6 +388,9 @@ class LightVLANode(LifecycleNode):
         health.model.last_success_at = self._now()
         if health.tracker.epoch != task.epoch:
             health.actions.discarded_epoch += 1
+            # Nothing was computed from these frames for the new instruction: one that is still fresh is its first
+            # observation (a lockstep simulator re-sends it, and a re-send is a duplicate).
+            health.frames.restore(taken)
             self.get_logger().info(f'discarded a result for the previous instruction (epoch {task.epoch})')
             return
         with self._output_lock:

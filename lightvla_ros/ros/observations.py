@@ -36,7 +36,8 @@ class ObservationInputs:
         self._log = logger
 
     def on_image(self, index: int, msg: Any) -> None:
-        self._health().frames.put(index, msg, messages.stamp_seconds(msg.header.stamp), self._now())
+        self._health().frames.put(index, msg, messages.stamp_seconds(msg.header.stamp), self._now(),
+                                  self._config().max_image_age)
         self._wake()
 
     def on_state(self, msg: Any) -> None:

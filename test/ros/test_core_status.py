@@ -63,6 +63,13 @@ def test_inputs_ok_silent_and_bad_frames():
     assert ('camera 0 decode errors', '1') in report.values
 
 
+def test_inputs_count_ignored_duplicates_without_a_warning():
+    """Re-sent frames (a lockstep simulator waiting for its chunk, a bridge echo) are expected, and harmless."""
+    c = CameraCounters(received=12, duplicates=3, last_received=99.5)
+    report = inputs_status([camera(c)], None, 100.0, LIMITS)
+    assert report.level == OK and ('camera 0 duplicate frames ignored', '3') in report.values
+
+
 def test_inputs_qos_incompatibility_in_plain_words():
     c = CameraCounters()
     events = QosEvents(incompatible=1, last_policy='RELIABILITY', last_incompatible_at=99.0)

@@ -11,6 +11,7 @@ import gc
 import math
 import os
 import re
+import threading
 import weakref
 from collections import defaultdict
 from typing import Any
@@ -242,7 +243,7 @@ def test_joint_trajectory(make_harness):
 
 def test_instruction_change_discards_the_old_result(make_harness):
     policy = FakePolicy()
-    policy.gate = __import__('threading').Event()
+    policy.gate = threading.Event()
     h = make_harness(policy)
     h.instruct('task A')
     h.send_frames()
@@ -259,6 +260,44 @@ def test_instruction_change_discards_the_old_result(make_harness):
     h.instruct('  Task B. ')
     status = h.wait_status('instruction', lambda s: info_values(s)['repeats ignored'] == '1')
     assert info_values(status)['epoch'] == '2'
+
+
+def test_the_observation_in_flight_when_the_instruction_changes_is_inferred_on_for_the_new_one(make_harness):
+    """Nothing was computed from it for the new instruction, and a lockstep simulator waits for that very chunk."""
+    policy = FakePolicy()
+    policy.gate = threading.Event()
+    h = make_harness(policy)
+    h.instruct('task A')
+    stamp = h.send_frames()
+    assert h.wait(policy.entered.is_set)
+    h.instruct('task B')
+    assert h.wait(lambda: h.active() == 'task B')
+    policy.gate.set()
+    assert h.wait(lambda: h.got['chunk_info'])  # no new frames sent
+    info = info_values(h.got['chunk_info'][0])
+    assert info['instruction'] == 'task B' and info['obs_stamp'] == f'{stamp.sec}.{stamp.nanosec:09d}'
+    assert [c.used for c in h.node.health.frames.counters] == [1, 1]
+
+
+def test_a_resent_observation_is_inferred_on_once(make_harness):
+    """A lockstep simulator re-sends its observation (same stamps) until the chunk for it arrives."""
+    policy = FakePolicy()
+    policy.gate = threading.Event()
+    h = make_harness(policy)
+    h.instruct('go')
+    observation = [image_msg(rgb_image(seed=i), h.now().to_msg()) for i in range(2)]
+    h.send_frames(msgs=observation)
+    assert h.wait(policy.entered.is_set)
+    h.send_frames(msgs=observation)
+    duplicates = h.node.health.frames.counters
+    assert h.wait(lambda: [c.duplicates for c in duplicates] == [1, 1])
+    policy.gate.set()
+    assert h.wait(lambda: h.got['chunk_info'])
+    h.send_frames(msgs=observation)
+    assert h.wait(lambda: [c.duplicates for c in duplicates] == [2, 2])
+    assert not h.wait(lambda: len(policy.calls) > 1, 0.5)
+    status = h.wait_status('inputs', lambda s: True)
+    assert info_values(status)['camera 0 duplicate frames ignored'] == '2'
 
 
 def test_non_finite_chunk_is_rejected(make_harness):

@@ -3,6 +3,12 @@
 Subscription callbacks only put the newest message here (overwriting an unused one counts as a
 drop); the inference worker takes a matched set whose stamps agree within a tolerance and are not
 too old, and may put it back unused. A frame is used at most once, and stale frames are never used.
+
+A camera never stamps two frames alike, so a stamped frame no newer than the newest one its camera already delivered
+is a duplicate (a re-send, a bag played again, a bridge echo) or out of order: it is counted and ignored, and the
+same observation is never inferred on twice. Stamps that go back by more than ``max_age``, or that go back with the
+node clock, mean the source started over (a simulator restarted, ``ros2 bag play --loop``, a camera clock stepped by
+chrony): that frame is accepted and the comparison starts from it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class CameraCounters:
     used: int = 0
     dropped: int = 0
     stale: int = 0
+    duplicates: int = 0
     decode_errors: int = 0
     unstamped: int = 0
     last_error: str = ''
@@ -65,6 +72,8 @@ class FrameStore:
     def __init__(self, num_cameras: int) -> None:
         self._lock = threading.Lock()
         self._latest: list[Frame | None] = [None] * num_cameras
+        # Per camera, the newest stamp stored so far (used, waiting or discarded since); None before the first.
+        self._newest_stamp: list[float | None] = [None] * num_cameras
         self.counters = [CameraCounters() for _ in range(num_cameras)]
         # While idle nobody consumes frames, so overwriting one is not a drop.
         self.active = True
@@ -78,22 +87,35 @@ class FrameStore:
         """Number of camera slots."""
         return len(self._latest)
 
-    def put(self, index: int, msg: Any, stamp: float, received: float) -> None:
-        """Store a message; a zero stamp means 'unstamped' and falls back to the arrival time."""
+    def put(self, index: int, msg: Any, stamp: float, received: float, max_age: float) -> None:
+        """Store a message; a zero stamp means 'unstamped' and falls back to the arrival time.
+
+        A stamped message no newer than the camera's newest one is a duplicate, unless it is older by more than
+        ``max_age`` or the node clock (``received``) went back since the last message: then the source restarted.
+        A duplicate is only counted: it says nothing new about the camera's clock, so the last stamp and clock skew
+        stay those of the frame it repeats.
+        """
         stamped = stamp > 0.0
         frame = Frame(msg, stamp if stamped else received, received, stamped)
         with self._lock:
             counters = self.counters[index]
+            clock_went_back = counters.last_received is not None and received < counters.last_received
+            counters.received += 1
+            counters.last_received = received
+            counters.arrivals.append(received)
+            if stamped:
+                newest = self._newest_stamp[index]
+                if newest is not None and newest - max_age <= stamp <= newest and not clock_went_back:
+                    counters.duplicates += 1
+                    return
+                self._newest_stamp[index] = stamp
+                counters.last_skew = received - stamp
+            else:
+                counters.unstamped += 1
             if self._latest[index] is not None and self.active:
                 counters.dropped += 1
             self._latest[index] = frame
-            counters.received += 1
-            counters.unstamped += 0 if stamped else 1
-            counters.last_received = received
             counters.last_stamp = frame.stamp
-            if stamped:
-                counters.last_skew = received - stamp
-            counters.arrivals.append(received)
 
     def take(self, now: float, tolerance: float, max_age: float) -> FrameSet | str:
         """Take a matched frame set, or return a sentence saying why there is none yet.
@@ -133,7 +155,8 @@ class FrameStore:
     def restore(self, frameset: FrameSet) -> None:
         """Put a taken set back unused, e.g. while its state is still on its way.
 
-        As if it had never been taken: a frame that arrived since replaces the restored one (counted as a drop).
+        As if it had never been taken: a frame that arrived since replaces the restored one (counted as a drop), and
+        re-sends of the restored frames stay duplicates while it waits to be taken again.
         """
         with self._lock:
             for i, frame in enumerate(frameset.frames):

@@ -216,6 +216,7 @@ def inputs_status(cameras: list[CameraReport], state: StateReport | None, now: f
                    (f'{prefix} age (s)', _fmt(age, 2)),
                    (f'{prefix} received', str(c.received)), (f'{prefix} used', str(c.used)),
                    (f'{prefix} dropped', str(c.dropped)), (f'{prefix} stale', str(c.stale)),
+                   (f'{prefix} duplicate frames ignored', str(c.duplicates)),
                    (f'{prefix} decode errors', str(c.decode_errors)),
                    (f'{prefix} publishers', str(cam.publishers)),
                    (f'{prefix} QoS', cam.qos),
