@@ -20,7 +20,7 @@ import numpy as np
 from lightvla_ros.model.errors import InputError, LightVLAError
 from lightvla_ros.sim.libero_protocol import ENV_IMAGE_SIZE, ENV_SEED, NOOP_ACTION, suite
 
-INSTALL_HINT = "install it with: pip install -e '.[libero]'"
+INSTALL_HINT = "install it with: pip install 'lightvla_ros[libero]' (in a checkout: make install-libero)"
 
 
 def prepare_rendering() -> None:

@@ -10,6 +10,9 @@ from typing import Sequence
 import numpy as np
 import pytest
 
+# libero_spatial task 0, init state 0, after reset and the settle steps (measured in the simulator, issue 11)
+GOLDEN_STATE = np.array([-0.211242, -0.011091, 1.174250, 3.140895, -0.002848, -0.087739, 0.038723, -0.038722])
+
 
 class FakeLiberoTask:
     """The end effector moves by 0.05 m per unit of command (LIBERO's OSC scale); the task succeeds once it has gone

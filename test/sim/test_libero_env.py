@@ -11,15 +11,13 @@ from typing import Iterator
 import numpy as np
 import pytest
 from conftest import fixtures_root, load_rgb
-from sim_support import require_libero
+from sim_support import GOLDEN_STATE, require_libero
 
 from lightvla_ros.model.errors import InputError
 from lightvla_ros.model.eval_preprocessing import oft_eval_frame
 from lightvla_ros.sim.libero_env import LiberoTask, task_count
 from lightvla_ros.sim.libero_protocol import NOOP_ACTION, SETTLE_STEPS, camera_frames, robot_state, run_episode
 
-# libero_spatial task 0, init state 0, after reset and the settle steps (measured in the simulator, issue 11)
-GOLDEN_STATE = np.array([-0.211242, -0.011091, 1.174250, 3.140895, -0.002848, -0.087739, 0.038723, -0.038722])
 SAMPLES = ("libero_agentview_pkl224.png", "libero_wrist_pkl224.png")  # the authors' sample observation, per camera
 # libero_10 task 3 (its initial state opens the cabinet's bottom drawer): where the authors' first two resets put the
 # fixtures, the model rebuilt each time (measured in the simulator)

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from sim_support import GOLDEN_STATE
 
 from lightvla_ros.model.errors import InputError
 from lightvla_ros.sim.libero_protocol import (
@@ -21,9 +22,6 @@ from lightvla_ros.sim.libero_protocol import (
     suite,
     unnorm_key,
 )
-
-# libero_spatial task 0, init state 0, after reset and the settle steps (measured in the simulator, issue 11)
-GOLDEN_STATE = np.array([-0.211242, -0.011091, 1.174250, 3.140895, -0.002848, -0.087739, 0.038723, -0.038722])
 
 
 def quat_from_axis_angle(rotation: np.ndarray) -> np.ndarray:

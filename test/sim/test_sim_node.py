@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sim_support import FakeLiberoTask
+from sim_support import GOLDEN_STATE, FakeLiberoTask, require_libero
 
 from lightvla_ros.sim.evaluation import EvalSettings, PolicyBackend, evaluate
 from lightvla_ros.sim.libero_protocol import SETTLE_STEPS
@@ -216,7 +216,6 @@ def test_streamed_drive_executes_the_nodes_twists_and_gripper_as_the_chunks_say(
 
 
 LIBERO_STEPS = 16
-GOLDEN_STATE = np.array([-0.211242, -0.011091, 1.174250, 3.140895, -0.002848, -0.087739, 0.038723, -0.038722])
 
 
 def test_libero_through_the_node_and_in_process_gives_the_same_chunks_and_the_same_episode(tiny, node_backend,
@@ -225,11 +224,9 @@ def test_libero_through_the_node_and_in_process_gives_the_same_chunks_and_the_sa
     import av
 
     from lightvla_ros.policy import LightVLAPolicy
-    from lightvla_ros.sim.libero_env import LiberoTask, libero_available
+    from lightvla_ros.sim.libero_env import LiberoTask
 
-    reason = libero_available()
-    if reason:
-        pytest.skip(reason)
+    require_libero()
     backend, _ = node_backend
     policy = LightVLAPolicy.from_checkpoint(tiny, device="cpu", dtype="float32", unnorm_key=UNNORM_KEY,
                                             center_crop=True, num_images=2)
@@ -241,7 +238,8 @@ def test_libero_through_the_node_and_in_process_gives_the_same_chunks_and_the_sa
         recording.act = lambda frames, state, act=act: seen_states.append(state) or act(frames, state)
 
         def open_task(suite_name, task_id):
-            tasks.append(LiberoTask(suite_name, task_id))  # a new env per run: episode 0 is its first reset
+            # a new env per run: episode 0 is its first reset; the fast reset is exact on this task (test_libero_env)
+            tasks.append(LiberoTask(suite_name, task_id, fast_reset=True))
             return tasks[-1]
 
         settings = EvalSettings(suite="libero_spatial", out=tmp_path / name, tasks=(0,), episodes=1,
@@ -267,14 +265,10 @@ def test_lightvla_libero_sim_drives_an_already_running_node(node_backend, tmp_pa
     import subprocess
     import sys
 
-    from lightvla_ros.sim.libero_env import libero_available
-
-    reason = libero_available()
-    if reason:
-        pytest.skip(reason)
+    require_libero()
     script = Path(sys.executable).with_name("lightvla_libero_sim")
     done = subprocess.run([str(script), "--suite", "libero_spatial", "--tasks", "0", "--episodes", "1", "--max-steps",
-                           "8", "--video", "none", "--no-progress", "--out", str(tmp_path), "--unnorm-key", UNNORM_KEY,
+                           "8", "--fast-reset", "--video", "none", "--no-progress", "--out", str(tmp_path),
                            "--chunk-timeout", "120"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
