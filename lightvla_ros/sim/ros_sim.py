@@ -156,6 +156,7 @@ class LiberoSimNode(Node):
             chunk = chunk.reshape(dims)
         with self._cond:
             self._chunks.append(chunk)
+            self._last_command_at = time.monotonic()
             self._cond.notify_all()
 
     def _on_info(self, msg: DiagnosticStatus) -> None:
