@@ -178,6 +178,8 @@ def _evaluate_through_node(args: argparse.Namespace, settings: EvalSettings, ope
                                        settings.out / "lightvla_node.log")
             print(f"starting lightvla_node (log: {node.log_file})", file=sys.stderr)
             node.wait_active(spin.node, args.node_timeout)
+        else:
+            extra["node_parameters"] = ros_sim.check_running_node(spin.node, args.namespace, args.drive)
         alive = (lambda: node.alive(spin.node)) if node is not None else (lambda: "")
         backend = ros_sim.NodeBackend(spin.node, args.drive, alive)
         return evaluate(settings, open_task, backend, num_tasks, extra, not args.no_progress)

@@ -198,11 +198,15 @@ class EvalReport:
             "kept_tokens_mean": _mean([r.kept_tokens_mean for r in records if r.kept_tokens_mean is not None]),
         }
 
+    def _checkpoint(self) -> str:
+        """The checkpoint evaluated: given, or read from the running node that was attached to."""
+        return self.settings.get("checkpoint") or self.settings.get("node_parameters", {}).get("checkpoint", "")
+
     def markdown(self) -> str:
         summary = self.summary()
         lines = [f"# LIBERO {self.settings['suite']}: {summary['successes']}/{summary['episodes']} "
                  f"({100 * summary['success_rate']:.1f}%)" + (" (interrupted)" if self.interrupted else ""), "",
-                 f"backend {self.settings['backend']}, checkpoint `{self.settings.get('checkpoint', '')}`, "
+                 f"backend {self.settings['backend']}, checkpoint `{self._checkpoint()}`, "
                  f"drive {self.settings['drive']}, execution {self.settings['execution_mode']}, "
                  f"seed {self.settings['seed']}, "
                  f"{summary['policy_steps_per_s']} policy steps/s, mean inference {summary['latency_ms_mean']} ms, "

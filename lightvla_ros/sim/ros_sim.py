@@ -255,6 +255,51 @@ class LiberoSimNode(Node):
                 self._cond.wait(min(deadline, next_republish, now + 1.0) - now)
 
 
+# What the simulator needs of a running node: the rest of node_parameters() describes the model and is recorded
+MATCHED_PARAMETERS = ("use_sim_time", "center_crop", "preprocessing", "camera_topics", "camera_types", "state_source",
+                      "state_topic", "state_joint_names", "missing_state", "sync_tolerance", "dt")
+RECORDED_PARAMETERS = ("checkpoint", "unnorm_key", "device", "dtype", "pruning", "readout", "execution_mode",
+                       "publish_actions")
+
+
+def running_node_parameters(sim: LiberoSimNode, namespace: str, names: Sequence[str],
+                            timeout_s: float = 10.0) -> dict[str, Any]:
+    """The values of ``names`` on the running ``<namespace>/lightvla_node`` (``ros2 param get``)."""
+    from rclpy.parameter import parameter_value_to_python
+    from rclpy.parameter_client import AsyncParameterClient
+
+    client = AsyncParameterClient(sim, f"{namespace}/lightvla_node")
+    if not client.wait_for_services(timeout_sec=timeout_s):
+        raise LightVLAError(f"no lightvla_node in namespace '{namespace or '/'}' of ROS domain "
+                            f"{os.environ.get('ROS_DOMAIN_ID', '0')} answers parameter requests")
+    future = client.get_parameters(list(names))
+    deadline = time.monotonic() + timeout_s
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not future.done() or future.result() is None:
+        raise LightVLAError("lightvla_node did not answer a parameter request")
+    return {name: parameter_value_to_python(value) for name, value in zip(names, future.result().values)}
+
+
+def check_running_node(sim: LiberoSimNode, namespace: str, drive: str) -> dict[str, Any]:
+    """Refuse a running node whose parameters do not fit this simulator (the values of config/libero_sim.yaml);
+    returns the parameters that describe its model, for the summary."""
+    values = running_node_parameters(sim, namespace, MATCHED_PARAMETERS + RECORDED_PARAMETERS)
+    wanted = node_parameters("", "", "", "")
+    differences = [f"{name} is {values[name]!r}, not {wanted[name]!r}" for name in MATCHED_PARAMETERS
+                   if _normalised(values[name]) != _normalised(wanted[name])]
+    if drive == "stream" and not values["publish_actions"]:
+        differences.append("publish_actions is false: the stream drive executes the node's twist stream")
+    if differences:
+        raise LightVLAError("the running lightvla_node does not fit the simulator (start it with "
+                            "config/libero_sim.yaml): " + "; ".join(differences))
+    return {name: values[name] for name in RECORDED_PARAMETERS}
+
+
+def _normalised(value: Any) -> Any:
+    return [_normalised(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 class NodeBackend:
     """Chunks from ``lightvla_node`` through its topics (see the module docstring). ``alive()`` says why the node can
     no longer answer (its process ended, its model failed), or ''."""

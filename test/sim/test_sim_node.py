@@ -274,3 +274,21 @@ def test_lightvla_libero_sim_drives_an_already_running_node(node_backend, tmp_pa
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["episodes"] == 1 and summary["policy_steps"] == 8 and summary["settings"]["backend"] == "node"
     assert summary["kept_tokens_mean"] > 0 and "| 0 | pick up the black bowl" in done.stdout
+
+
+def test_a_running_node_that_does_not_fit_the_simulator_is_refused(node_backend):
+    """``--attach``: the running node's parameters are read and compared with config/libero_sim.yaml's."""
+    from lightvla_ros.model.errors import LightVLAError
+    from lightvla_ros.sim import ros_sim
+
+    _, sim = node_backend
+    recorded = ros_sim.check_running_node(sim, "", "chunk")
+    assert recorded["pruning"] == "lightvla" and recorded["checkpoint"].endswith("oft-tiny-libero")
+    with pytest.raises(LightVLAError, match="publish_actions is false: the stream drive"):
+        ros_sim.check_running_node(sim, "", "stream")
+    set_node_parameters(sim, sync_tolerance=0.1)
+    try:
+        with pytest.raises(LightVLAError, match="does not fit the simulator .*sync_tolerance is 0.1, not 0.01"):
+            ros_sim.check_running_node(sim, "", "chunk")
+    finally:
+        set_node_parameters(sim, sync_tolerance=0.01)
