@@ -17,17 +17,13 @@ TINY_NAME = 'oft-tiny-libero'
 
 
 def isolate_ros_environment() -> int:
-    """Give this test run a private ROS domain on loopback; returns the domain id.
+    """Give this test run a private ROS domain on loopback; returns the domain id (children inherit it).
 
-    The id is derived from the pid (1..101) so concurrent test runs on one machine do not meet.
-    Child processes inherit the variables.
+    ``LIGHTVLA_TEST_DOMAIN_ID`` chooses it; by default it is derived from the pid, so concurrent runs do not meet.
     """
-    domain = int(os.environ.get('LIGHTVLA_TEST_DOMAIN_ID', 1 + os.getpid() % 101))
-    os.environ['ROS_DOMAIN_ID'] = str(domain)
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    os.environ['ROS_LOCALHOST_ONLY'] = '1'
-    os.environ.pop('ROS_STATIC_PEERS', None)
-    return domain
+    from lightvla_ros.ros.core.domain import isolate_ros_domain, private_domain_id
+
+    return isolate_ros_domain(int(os.environ.get('LIGHTVLA_TEST_DOMAIN_ID', private_domain_id())))
 
 
 def tiny_checkpoint() -> Path | None:

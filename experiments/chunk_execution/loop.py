@@ -40,13 +40,11 @@ ANGULAR_SCALE = 0.5
 
 
 def isolate_ros_domain() -> int:
-    """A private ROS domain on loopback for this run (derived from the pid), inherited by ``lightvla record``."""
-    domain = int(os.environ.get('LIGHTVLA_STUDY_DOMAIN_ID', 1 + os.getpid() % 101))
-    os.environ['ROS_DOMAIN_ID'] = str(domain)
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    os.environ['ROS_LOCALHOST_ONLY'] = '1'
-    os.environ.pop('ROS_STATIC_PEERS', None)
-    return domain
+    """A private ROS domain on loopback for this run (``LIGHTVLA_STUDY_DOMAIN_ID``, else derived from the pid),
+    inherited by ``lightvla record``."""
+    from lightvla_ros.ros.core import domain
+
+    return domain.isolate_ros_domain(int(os.environ.get('LIGHTVLA_STUDY_DOMAIN_ID', domain.private_domain_id())))
 
 
 def data_config_text() -> str:

@@ -148,12 +148,16 @@ def _policy_backend(args: argparse.Namespace, key: str) -> Any:
 
 
 def _private_domain(requested: int | None) -> None:
-    """A ROS domain for this evaluation and the node it starts (inherited by the child): the simulator publishes
-    /clock, which must reach no other node, and two evaluations must not see each other's cameras."""
-    domain = requested if requested is not None else 1 + os.getpid() % 101
-    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    """A ROS domain for this evaluation and the node it starts (inherited; a private one on loopback unless chosen):
+    the simulator publishes /clock, which must reach no other node, and two evaluations must not see each other's
+    cameras."""
+    from lightvla_ros.ros.core.domain import isolate_ros_domain, private_domain_id
+
     if requested is None:
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        domain = isolate_ros_domain(private_domain_id())
+    else:  # chosen to be watched, perhaps from another machine: discovery is left as it is
+        domain = requested
+        os.environ["ROS_DOMAIN_ID"] = str(domain)
     print(f"ROS domain {domain} (ROS_DOMAIN_ID={domain} to watch it with the ros2 CLI or rviz)", file=sys.stderr)
 
 

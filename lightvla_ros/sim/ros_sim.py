@@ -287,17 +287,13 @@ def check_running_node(sim: LiberoSimNode, namespace: str, drive: str) -> dict[s
     values = running_node_parameters(sim, namespace, MATCHED_PARAMETERS + RECORDED_PARAMETERS)
     wanted = node_parameters("", "", "", "")
     differences = [f"{name} is {values[name]!r}, not {wanted[name]!r}" for name in MATCHED_PARAMETERS
-                   if _normalised(values[name]) != _normalised(wanted[name])]
+                   if values[name] != wanted[name]]
     if drive == "stream" and not values["publish_actions"]:
         differences.append("publish_actions is false: the stream drive executes the node's twist stream")
     if differences:
         raise LightVLAError("the running lightvla_node does not fit the simulator (start it with "
                             "config/libero_sim.yaml): " + "; ".join(differences))
     return {name: values[name] for name in RECORDED_PARAMETERS}
-
-
-def _normalised(value: Any) -> Any:
-    return [_normalised(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 class NodeBackend:
